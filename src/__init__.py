@@ -1,0 +1,1 @@
+"""Batch vs Group vs Layer Normalization on MNIST: a DVC pipeline."""

@@ -1,0 +1,225 @@
+"""The training loop and evaluation, shared by the DVC stages, the notebook and the benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from src.augment import augment, normalize
+from src.data import Data
+from src.errors import ConfigError, UserError
+from src.model import ModelConfig, Net
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and augmentation settings (`params.yaml` section `train`)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.05  # peak learning rate of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    pct_start: float = 0.2  # fraction of steps spent warming up to the peak
+    l1: float = 0.0  # L1 penalty factor on all weights; BatchNorm models only
+    seed: int = 1
+    rotation: float = 7.0  # degrees, U(-r, r)
+    brightness: float = 0.1
+    contrast: float = 0.1
+    channels_last: bool = False
+    bf16: bool = False  # bfloat16 autocast for convolutions
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "pct_start": 0 < self.pct_start < 1,
+            "l1": self.l1 >= 0,
+            "rotation": 0 <= self.rotation <= 180,
+            "brightness": 0 <= self.brightness < 1,
+            "contrast": 0 <= self.contrast < 1,
+        }
+        allowed = {
+            "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "momentum": "in [0, 1)",
+            "weight_decay": ">= 0", "pct_start": "in (0, 1)", "l1": ">= 0",
+            "rotation": "in [0, 180] degrees", "brightness": "in [0, 1)", "contrast": "in [0, 1)",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"train.{name} must be {allowed[name]} (got {getattr(self, name)!r})")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_l1(norm: str, l1: float) -> None:
+    """L1 is part of the BN recipe only: refuse it with GN or LN instead of silently ignoring it."""
+    if l1 and norm != "bn":
+        raise ConfigError(f"l1 = {l1} is only allowed with norm 'bn'; set l1 to 0 for norm '{norm}'")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` means CUDA when present, else the CPU using one thread per physical core."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device = {name!r} is unknown; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        torch.set_num_threads(physical_cores())
+    return device
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads slow small convolutions down)."""
+    import psutil
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(available, psutil.cpu_count(logical=False) or available))
+
+
+def make_model(cfg: ModelConfig, seed: int) -> Net:
+    """A freshly initialized `Net`, identical for the same config and seed."""
+    torch.manual_seed(seed)
+    return Net(cfg)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = 2000,
+            channels_last: bool = False, bf16: bool = False) -> torch.Tensor:
+    """Logits (N, 10) in float32 for uint8 images (N, 1, 28, 28), in evaluation mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size].to(device), mean, std).contiguous(memory_format=fmt)
+        with _autocast(device, bf16):
+            out.append(model(x).float())
+    return torch.cat(out)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in percent."""
+    loss = F.cross_entropy(logits, labels.to(logits.device), reduction="sum").item() / len(labels)
+    acc = (logits.argmax(1) == labels.to(logits.device)).sum().item() * 100.0 / len(labels)
+    return loss, acc
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: training cannot recover, so it stops at once."""
+
+
+def fit(
+    model: Net,
+    data: Data,
+    cfg: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train `model` for `cfg.epochs` epochs; return one dict of metrics per epoch.
+
+    Data must already be on `device`. Each epoch visits the training set in a
+    fresh random order (the last partial batch is dropped) with fresh
+    augmentation, then scores the un-augmented test set.
+    """
+    check_l1(model.cfg.norm, cfg.l1)
+    n = len(data.train_images)
+    steps = n // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"train.batch_size = {cfg.batch_size} exceeds the {n} training images")
+    torch.manual_seed(cfg.seed)  # dropout
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
+    model.to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+                                                pct_start=cfg.pct_start, cycle_momentum=False)
+    # How often the host reads the loss back: every step is free on the CPU, a sync on the GPU.
+    check_every = 1 if device.type == "cpu" else 50
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=gen, device=device)
+        losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress,
+                   unit="batch", dynamic_ncols=True)
+        checked = 0
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
+            x = ((x - data.mean) / data.std).contiguous(memory_format=fmt)
+            y = data.train_labels[idx]
+            with _autocast(device, cfg.bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            total = loss + cfg.l1 * sum(p.abs().sum() for p in params) if cfg.l1 else loss
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            sched.step()
+            losses[step] = loss.detach()
+            correct += (logits.argmax(1) == y).sum()
+            if (step + 1) % check_every == 0 or step + 1 == steps:
+                _check_finite(losses[checked : step + 1], epoch, checked)
+                checked = step + 1
+                if progress:
+                    bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
+        bar.close()
+        train_loss = losses.mean().item()
+        train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
+        train_seconds = time.perf_counter() - start
+        test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std,
+                                            channels_last=cfg.channels_last, bf16=cfg.bf16),
+                                    data.test_labels)
+        row = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+            "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],
+            "epoch_seconds": train_seconds, "eval_seconds": time.perf_counter() - start - train_seconds,
+        }
+        history.append(row)
+        if progress:
+            print(f"epoch {epoch:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
+                  f"test loss {test_loss:.4f} acc {test_acc:6.2f}%  lr {row['lr']:.4f}  {train_seconds:5.1f}s",
+                  flush=True)
+        if on_epoch:
+            on_epoch(row)
+    return history
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, first_step: int) -> None:
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = first_step + int(bad[0]) + 1
+        raise NonFiniteLoss(
+            f"loss became {losses[int(bad[0])].item()} at epoch {epoch}, step {step}; no model was saved",
+            hint="lower train.lr (or the l1 factor) and run again",
+        )

@@ -1,0 +1,101 @@
+"""The CNN compared in this project: one architecture, three choices of normalization.
+
+The network is fully convolutional (global average pooling, no flatten), so no
+layer size depends on a hard-coded feature-map size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Norm(str, Enum):
+    """Normalization layer placed after every convolution."""
+
+    bn = "bn"  # BatchNorm2d: statistics per channel, over the batch and H, W
+    gn = "gn"  # GroupNorm(groups, C): statistics per image and group of channels
+    ln = "ln"  # GroupNorm(1, C): statistics per image, over all channels and H, W
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a `Net`; saved in every checkpoint."""
+
+    norm: str = "bn"
+    gn_groups: int = 4
+    width: int = 16  # channels of the wide 3x3 convolutions
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        norm = Norm(self.norm).value  # ValueError on an unknown norm
+        object.__setattr__(self, "norm", norm)
+        for c in channel_plan(self.width):
+            if norm == "gn" and c % self.gn_groups:
+                raise ValueError(
+                    f"gn_groups={self.gn_groups} does not divide the channel count {c}; "
+                    f"choose a divisor of {sorted(set(channel_plan(self.width)))}"
+                )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def channel_plan(width: int) -> list[int]:
+    """Output channels of each convolution, in order (the 1x1 transition halves the width)."""
+    half = width // 2
+    return [half, width, half, width, width, width, width]
+
+
+def norm_layer(norm: str, channels: int, gn_groups: int) -> nn.Module:
+    if norm == Norm.bn:
+        return nn.BatchNorm2d(channels)
+    if norm == Norm.gn:
+        return nn.GroupNorm(gn_groups, channels)
+    return nn.GroupNorm(1, channels)  # layer norm over (C, H, W)
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> norm -> ReLU -> dropout."""
+
+    def __init__(self, cin: int, cout: int, k: int, cfg: ModelConfig, padding: int = 0) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, k, padding=padding, bias=False),  # the norm's shift is the bias
+            norm_layer(cfg.norm, cout, cfg.gn_groups),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(cfg.dropout) if cfg.dropout else nn.Identity(),
+        )
+
+
+class Net(nn.Module):
+    """A sub-10k-parameter CNN for 28x28 grey images, 10 classes."""
+
+    def __init__(self, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or ModelConfig()
+        c1, c2, t, c3, c4, c5, c6 = channel_plan(cfg.width)
+        self.features = nn.Sequential(
+            ConvBlock(1, c1, 3, cfg),  # (B, c1, 26, 26)
+            ConvBlock(c1, c2, 3, cfg),  # (B, c2, 24, 24)
+            nn.MaxPool2d(2),  # (B, c2, 12, 12)
+            ConvBlock(c2, t, 1, cfg),  # (B, t, 12, 12): cheap channel mixing
+            ConvBlock(t, c3, 3, cfg),  # (B, c3, 10, 10)
+            ConvBlock(c3, c4, 3, cfg),  # (B, c4, 8, 8)
+            ConvBlock(c4, c5, 3, cfg),  # (B, c5, 6, 6)
+            ConvBlock(c5, c6, 3, cfg, padding=1),  # (B, c6, 6, 6)
+        )
+        self.head = nn.Conv2d(c6, 10, 1)  # (B, 10, 6, 6) -> averaged to (B, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 10) for images (B, 1, 28, 28)."""
+        x = self.head(self.features(x))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

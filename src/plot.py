@@ -1,0 +1,110 @@
+"""Stage `plot`: draw the comparison figures as PNG files with matplotlib.
+
+Graph 1 and 2 overlay the per-epoch test loss and test accuracy of all
+variants; one figure per variant shows ten misclassified test images. The
+drawing functions take plain data, so the notebook calls them too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from matplotlib.figure import Figure
+
+from src import cli
+from src.data import DATASET_FILE, load_data
+from src.errors import UserError
+from src.files import atomic_path
+from src.params import get_key, load_params
+
+app = cli.app(__doc__.split("\n")[0])
+
+
+def draw_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str) -> Figure:
+    """One line per model over epochs 1..N, legend by model name."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (label, values), marker in zip(curves.items(), "osD^v"):
+        ax.plot(range(1, len(values) + 1), values, marker=marker, markersize=4, label=label)
+    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(title="model")
+    return fig
+
+
+def draw_misclassified(images: np.ndarray, items: Sequence[Mapping], title: str, rows: int = 2, cols: int = 5) -> Figure:
+    """A rows x cols grid of misclassified images, each captioned with true and predicted label."""
+    fig = Figure(figsize=(1.9 * cols, 2.3 * rows + 0.4), layout="constrained")
+    fig.suptitle(title, fontsize=13)
+    for ax, item in zip(fig.subplots(rows, cols).flat, [*items[: rows * cols], *[None] * (rows * cols)]):
+        ax.set_axis_off()
+        if item is None:
+            continue
+        ax.imshow(images[item["index"]], cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"true {item['true']}, pred {item['predicted']}\n"
+                     f"conf {item['confidence'] * 100:.1f}%  #{item['index']}", fontsize=9)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    """Write a PNG atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
+def read_curves(path: Path) -> dict[str, list[float]]:
+    """A wide curves CSV (epoch, one column per model) -> {model: values}."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        models = [k for k in rows[0] if k != "epoch"]
+        return {m: [float(r[m]) for r in rows if r[m] != ""] for m in models}
+    except (OSError, IndexError, ValueError):
+        raise UserError(f"{path} is missing or corrupt; the evaluate stage writes it",
+                        hint="run `dvc repro evaluate`") from None
+
+
+def read_misclassified(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is missing or corrupt; the evaluate stage writes it",
+                        hint="run `dvc repro evaluate`") from None
+
+
+@app.command()
+def main(
+    dpi: Annotated[int, typer.Option(help="Resolution of the PNG files.")],
+    data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
+    plots: Annotated[Path, typer.Option(help="Folder of the evaluate stage's plot data.")] = Path("plots"),
+    out: Annotated[Path, typer.Option(help="Output folder for the PNG figures.")] = Path("plots/images"),
+) -> None:
+    """Draw Graph 1 (test loss), Graph 2 (test accuracy) and a misclassified grid per model."""
+    if dpi < 20:
+        raise UserError(f"plot.dpi must be >= 20 (got {dpi})")
+    variants = get_key(load_params(), "variants")
+    test_images = load_data(data).test_images.squeeze(1).numpy()
+    figures = {
+        "test_loss.png": draw_curves(read_curves(plots / "curves" / "test_loss.csv"),
+                                     "Graph 1: test loss per epoch", "test loss (mean cross-entropy)"),
+        "test_accuracy.png": draw_curves(read_curves(plots / "curves" / "test_acc.csv"),
+                                         "Graph 2: test accuracy per epoch", "test accuracy (%)"),
+    }
+    for v, spec in variants.items():
+        items = read_misclassified(plots / "misclassified" / f"{v}.json")
+        figures[f"misclassified_{v}.png"] = draw_misclassified(
+            test_images, items, f"{spec['label']}: 10 misclassified test images (of {len(items)})")
+    for name, fig in figures.items():
+        save_figure(fig, out / name, dpi)
+    print(f"wrote {len(figures)} figures to {out}/")
+
+
+if __name__ == "__main__":
+    cli.main(app, {"dpi": "plot.dpi"})

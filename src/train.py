@@ -1,0 +1,117 @@
+"""Stage `train_<variant>`: train one normalization variant and save its weights and per-epoch log.
+
+The three train stages run this one script; they differ only in the variant
+named on the command line, whose norm and L1 factor come from `params.yaml`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from src import cli
+from src.checkpoint import save_checkpoint
+from src.data import DATASET_FILE, load_data
+from src.engine import TrainConfig, check_l1, fit, make_model, pick_device
+from src.errors import ConfigError, UserError
+from src.model import ModelConfig, Norm, count_parameters
+from src.params import get_key, load_params
+
+app = cli.app(__doc__.split("\n")[0])
+
+# Options read from params.yaml: option name -> key.
+TRAIN_KEYS = {
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "momentum": "train.momentum", "weight_decay": "train.weight_decay", "pct_start": "train.pct_start",
+    "seed": "train.seed", "rotation": "train.rotation", "brightness": "train.brightness",
+    "contrast": "train.contrast", "channels_last": "train.channels_last", "bf16": "train.bf16",
+    "device": "train.device", "width": "model.width", "gn_groups": "model.gn_groups",
+    "dropout": "model.dropout",
+}
+
+
+def _variant_defaults(ctx: typer.Context, variant: str) -> str:
+    """Eager callback: the variant's norm and L1 factor become the defaults of --norm and --l1."""
+    if ctx.resilient_parsing:
+        return variant
+    variants = get_key(load_params(), "variants")
+    if variant not in variants:
+        raise UserError(f"unknown variant {variant!r}; params.yaml variants are: {', '.join(variants)}")
+    ctx.default_map = {**(ctx.default_map or {}),
+                       "norm": get_key(variants, f"{variant}.norm"), "l1": get_key(variants, f"{variant}.l1")}
+    return variant
+
+
+@app.command()
+def main(
+    variant: Annotated[str, typer.Argument(help="Variant to train: a key of `variants` in params.yaml.",
+                                           is_eager=True, callback=_variant_defaults)],
+    norm: Annotated[str, typer.Option(help="Normalization: bn, gn or ln. [default: variants.<variant>.norm]")],
+    l1: Annotated[float, typer.Option(help="L1 factor, BN only. [default: variants.<variant>.l1]")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")],
+    batch_size: Annotated[int, typer.Option(help="Images per optimizer step.")],
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the one-cycle schedule.")],
+    momentum: Annotated[float, typer.Option(help="SGD (Nesterov) momentum.")],
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")],
+    pct_start: Annotated[float, typer.Option(help="Fraction of steps warming up to the peak rate.")],
+    seed: Annotated[int, typer.Option(help="Seed for initialization, order and augmentation.")],
+    rotation: Annotated[float, typer.Option(help="Random rotation range, +- degrees.")],
+    brightness: Annotated[float, typer.Option(help="Brightness jitter, +- fraction.")],
+    contrast: Annotated[float, typer.Option(help="Contrast jitter, +- fraction.")],
+    channels_last: Annotated[bool, typer.Option(help="Use the channels-last memory format.")],
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
+    width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
+    gn_groups: Annotated[int, typer.Option(help="Groups of GroupNorm (gn only).")],
+    dropout: Annotated[float, typer.Option(help="Dropout2d rate after each block.")],
+    data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
+    model_out: Annotated[Path | None, typer.Option(help="Model file. [default: models/<variant>.pt]")] = None,
+    live_dir: Annotated[Path | None, typer.Option(help="DVCLive folder. [default: dvclive/<variant>]")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per epoch.")] = True,
+) -> None:
+    """Train one variant of the CNN; log every epoch with DVCLive; save the model."""
+    model_out = model_out or Path(f"models/{variant}.pt")
+    live_dir = live_dir or Path(f"dvclive/{variant}")
+    if norm not in {n.value for n in Norm}:
+        raise ConfigError(f"variants.{variant}.norm = {norm!r} is unknown; choose bn, gn or ln")
+    check_l1(norm, l1)
+    model_cfg = ModelConfig(norm=norm, gn_groups=gn_groups, width=width, dropout=dropout)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      pct_start=pct_start, l1=l1, seed=seed, rotation=rotation, brightness=brightness,
+                      contrast=contrast, channels_last=channels_last, bf16=bf16)
+    dev = pick_device(device)
+    dataset = load_data(data).to(dev)
+    model = make_model(model_cfg, seed)
+    n_params = count_parameters(model)
+    print(f"{variant}: {norm.upper()} model, {n_params} parameters, l1={l1}, device {dev}, "
+          f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images")
+
+    from dvclive import Live
+
+    try:
+        with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
+            def log(row: dict) -> None:
+                for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                    live.log_metric(key.replace("_", "/"), row[key])
+                live.log_metric("lr", row["lr"])
+                live.log_metric("epoch_seconds", row["epoch_seconds"])
+                live.next_step()
+
+            start = time.perf_counter()
+            history = fit(model, dataset, cfg, dev, on_epoch=log, progress=progress)
+            seconds = time.perf_counter() - start
+            live.summary.update({"params": n_params, "train_seconds": seconds,
+                                 "seconds_per_epoch": sum(r["epoch_seconds"] for r in history) / len(history)})
+        save_checkpoint(model_out, model, cfg, variant=variant, params=n_params, train_seconds=seconds)
+    except BaseException:
+        shutil.rmtree(live_dir, ignore_errors=True)  # a partial log must not pass for a finished run
+        raise
+    print(f"{variant}: final test accuracy {history[-1]['test_acc']:.2f}% in {seconds:.0f}s -> {model_out}")
+
+
+if __name__ == "__main__":
+    cli.main(app, TRAIN_KEYS)
