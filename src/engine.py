@@ -170,7 +170,7 @@ def fit(
         order = torch.randperm(n, generator=gen, device=device)
         losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
         correct = torch.zeros((), dtype=torch.long, device=device)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress,
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if progress else True, mininterval=0.5,
                    unit="batch", dynamic_ncols=True)
         checked = 0
         for step in bar:
@@ -181,7 +181,7 @@ def fit(
             with _autocast(device, cfg.bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-            total = loss + cfg.l1 * sum(p.abs().sum() for p in params) if cfg.l1 else loss
+            total = loss + cfg.l1 * torch.cat([p.view(-1) for p in params]).abs().sum() if cfg.l1 else loss
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()

@@ -1,0 +1,90 @@
+"""Tune the training recipe on a validation split carved from the training set.
+
+The last `--val` training images are held out as validation data; the test set
+is never used here. Each run trains one (recipe, norm, seed) with the project's
+own `fit()`; runs go to a pool of worker processes (on a GPU they share it), and
+each finished run is appended as one JSON line to `--out`, so a cut-off sweep
+still leaves its results.
+
+    python -m tools.tune --out tune.jsonl --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing as mp
+import time
+from dataclasses import replace
+
+# Recipes to compare, as changes to params.yaml's train/model settings.
+RECIPES = {
+    "base": {},
+    "lr0.1": {"lr": 0.1},
+    "lr0.2": {"lr": 0.2},
+    "lr0.1_bs64": {"lr": 0.1, "batch_size": 64},
+    "lr0.1_wd5e-4": {"lr": 0.1, "weight_decay": 5e-4},
+    "lr0.1_drop0.05": {"lr": 0.1, "dropout": 0.05},
+    "lr0.2_rot10": {"lr": 0.2, "rotation": 10.0},
+    "lr0.4_bs256": {"lr": 0.4, "batch_size": 256},
+}
+MODEL_KEYS = {"width", "gn_groups", "dropout"}
+
+
+def run_one(job: dict) -> dict:
+    import torch
+
+    from src.data import load_data
+    from src.engine import TrainConfig, fit, make_model, pick_device
+    from src.model import ModelConfig
+    from src.params import load_params
+
+    torch.set_num_threads(1)
+    params = load_params()
+    variant = params["variants"][job["variant"]]
+    changes = RECIPES[job["recipe"]]
+    model_cfg = ModelConfig(**{**params["model"], "norm": variant["norm"],
+                               **{k: v for k, v in changes.items() if k in MODEL_KEYS}})
+    train = {**params["train"], **{k: v for k, v in changes.items() if k not in MODEL_KEYS}}
+    cfg = TrainConfig.from_dict({**train, "l1": variant["l1"], "seed": job["seed"], "epochs": job["epochs"]})
+    device = pick_device(job["device"])
+    data = load_data(job["data"])
+    if job["val"]:  # hold out the end of the training set; the test set stays untouched
+        n = len(data.train_images) - job["val"]
+        data = replace(data, test_images=data.train_images[n:], test_labels=data.train_labels[n:],
+                       train_images=data.train_images[:n], train_labels=data.train_labels[:n])
+    data = data.to(device)
+    start = time.perf_counter()
+    history = fit(make_model(model_cfg, cfg.seed), data, cfg, device, progress=False)
+    return {**job, "seconds": time.perf_counter() - start, "final": history[-1]["test_acc"],
+            "best": max(r["test_acc"] for r in history), "train_acc": history[-1]["train_acc"],
+            "curve": [round(r["test_acc"], 2) for r in history]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--data", default="data/dataset.npz")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--val", type=int, default=10000, help="training images held out for validation")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--variants", default="bn_l1,gn,ln")
+    args = ap.parse_args()
+    jobs = [{"recipe": r, "variant": v, "seed": s, "epochs": args.epochs, "val": args.val,
+             "device": args.device, "data": args.data}
+            for s, r, v in itertools.product(range(1, args.seeds + 1), args.recipes.split(","),
+                                             args.variants.split(","))]
+    with mp.get_context("spawn").Pool(args.workers) as pool, open(args.out, "a") as f:
+        for result in pool.imap_unordered(run_one, jobs):
+            f.write(json.dumps(result) + "\n")
+            f.flush()
+            print(f"{result['recipe']:>16} {result['variant']:>6} seed {result['seed']}: "
+                  f"final {result['final']:.2f} best {result['best']:.2f} ({result['seconds']:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
