@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -121,5 +122,5 @@ def load_data(path: str | Path = DATASET_FILE) -> Data:
         labels = {k: torch.from_numpy(a[k].astype(np.int64)) for k in ("train_labels", "test_labels")}
         return Data(**images, **labels, mean=float(a["mean"]), std=float(a["std"]),
                     classes=tuple(str(c) for c in a["classes"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is corrupt ({e})", hint="run `dvc repro download` to rebuild it") from None

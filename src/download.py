@@ -31,6 +31,7 @@ DATASETS = {
 }
 
 app = cli.app(__doc__.split("\n")[0])
+KEYS = {"dataset": "download.dataset"}  # option -> params.yaml key
 
 
 def local_files(folder: str | Path) -> dict[str, Path]:
@@ -85,4 +86,4 @@ def main(
 
 
 if __name__ == "__main__":
-    cli.main(app, {"dataset": "download.dataset"})
+    cli.main(app, KEYS)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from src.augment import augment, normalize
 from src.data import Data
@@ -57,7 +57,8 @@ class TrainConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ConfigError(f"train.{name} must be {allowed[name]} (got {getattr(self, name)!r})")
+                key = "variants.<variant>.l1" if name == "l1" else f"train.{name}"
+                raise ConfigError(f"{key} must be {allowed[name]} (got {getattr(self, name)!r})")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -24,6 +24,7 @@ from src.files import write_csv, write_json
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
+KEYS = {"batch_size": "evaluate.batch_size", "device": "train.device"}  # option -> params.yaml key
 CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr")
 
 
@@ -42,20 +43,51 @@ def read_history(live_dir: Path) -> dict[str, list[float]]:
     return history
 
 
-def evaluate_variant(variant: str, norm: str, model_path: Path, data, device, batch_size: int) -> dict:
-    """Final scores of one model on the clean training and test sets, plus its predictions."""
-    model, ckpt = load_checkpoint(model_path, stage=f"train_{variant}")
-    if model.cfg.norm != norm:
-        raise UserError(f"{model_path} holds a {model.cfg.norm} model but params.yaml says variants.{variant}.norm "
-                        f"is {norm}", hint=f"run `dvc repro train_{variant}`")
-    model.to(device)
+def score_model(model, data, batch_size: int = 2000) -> dict:
+    """Scores of a trained model on the clean training and test sets, with its test predictions (on the CPU)."""
     run = lambda images: predict(model, images, data.mean, data.std, batch_size)  # noqa: E731
     train_loss, train_acc = score(run(data.train_images), data.train_labels)
     logits = run(data.test_images)
     test_loss, test_acc = score(logits, data.test_labels)
     probs = logits.softmax(1).cpu()
-    return {"ckpt": ckpt, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-            "test_acc": test_acc, "pred": probs.argmax(1), "conf": probs.max(1).values}
+    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "pred": probs.argmax(1), "conf": probs.max(1).values}
+
+
+def misclassified(pred: torch.Tensor, conf: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> list[dict]:
+    """Every wrongly predicted test image, most confident mistakes first."""
+    labels = labels.cpu()
+    wrong = (pred != labels).nonzero().flatten()
+    wrong = wrong[conf[wrong].argsort(descending=True)]
+    return [{"index": int(i), "true": classes[int(labels[i])], "predicted": classes[int(pred[i])],
+             "confidence": round(float(conf[i]), 4)} for i in wrong]
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, n_classes: int) -> list[float]:
+    """Test accuracy in percent for each true class."""
+    return [float((pred[labels == c] == c).float().mean() * 100) for c in range(n_classes)]
+
+
+def compare(summary: dict[str, dict]) -> dict[str, str]:
+    """Which model has the best test accuracy, and the smallest and largest train-test gap."""
+    def pick(fn, key):
+        return summary[fn(summary, key=lambda v: summary[v][key])]["label"]
+
+    return {"best_test_acc": pick(max, "test_acc"), "least_overfit": pick(min, "gap"),
+            "most_overfit": pick(max, "gap")}
+
+
+def load_variant(variant: str, norm: str, path: Path):
+    """The trained model of `variant`; an error if the file holds another norm."""
+    model, ckpt = load_checkpoint(path, stage=f"train_{variant}")
+    if model.cfg.norm != norm:
+        raise UserError(f"{path} holds a {model.cfg.norm} model but params.yaml says variants.{variant}.norm "
+                        f"is {norm}", hint=f"run `dvc repro train_{variant}`")
+    return model, ckpt
+
+
+def _rounded(d: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
 @app.command()
@@ -75,54 +107,44 @@ def main(
     dev = pick_device(device)
     dataset = load_data(data).to(dev)
     labels = dataset.test_labels.cpu()
+    # Check every input before writing any output.
     histories = {v: read_history(live / v) for v in variants}
+    loaded = {v: load_variant(v, spec["norm"], models / f"{v}.pt") for v, spec in variants.items()}
     summary, per_class = {}, {}
     for v, spec in variants.items():
-        r = evaluate_variant(v, spec["norm"], models / f"{v}.pt", dataset, dev, batch_size)
+        model, ckpt = loaded[v]
+        r = score_model(model.to(dev), dataset, batch_size)
         test_acc = histories[v]["test/acc"]
-        best = max(range(len(test_acc)), key=test_acc.__getitem__)
-        summary[v] = {
-            "label": spec["label"], "norm": spec["norm"], "params": r["ckpt"]["params"],
+        peak = max(range(len(test_acc)), key=test_acc.__getitem__)
+        summary[v] = _rounded({
+            "label": spec["label"], "params": ckpt["params"],
             "test_acc": r["test_acc"], "test_loss": r["test_loss"],
             "train_acc": r["train_acc"], "train_loss": r["train_loss"],
-            "gap": r["train_acc"] - r["test_acc"],  # > 0: fits the training set better than unseen data
+            "gap": r["train_acc"] - r["test_acc"],  # > 0: fits seen data better than unseen data
             "train_acc_augmented": histories[v]["train/acc"][-1],
-            "best_test_acc": test_acc[best], "best_epoch": best + 1, "epochs": len(test_acc),
-            "train_seconds": r["ckpt"]["train_seconds"],
-            "seconds_per_epoch": r["ckpt"]["train_seconds"] / len(test_acc),
+            "peak_test_acc": test_acc[peak], "peak_epoch": peak + 1, "epochs": len(test_acc),
+            "train_seconds": ckpt["train_seconds"], "seconds_per_epoch": ckpt["train_seconds"] / len(test_acc),
             "errors": int((r["pred"] != labels).sum()),
-        }
+        })
         write_json(metrics / f"{v}.json", summary[v])
-        per_class[v] = [float((r["pred"][labels == c] == c).float().mean() * 100) for c in range(len(dataset.classes))]
-        names = [dataset.classes[i] for i in range(len(dataset.classes))]
+        per_class[v] = per_class_accuracy(r["pred"], labels, len(dataset.classes))
         write_csv(plots / "confusion" / f"{v}.csv", ["actual", "predicted"],
-                  [(names[a], names[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())])
-        wrong = (r["pred"] != labels).nonzero().flatten()
-        wrong = wrong[r["conf"][wrong].argsort(descending=True)]  # most confident mistakes first
-        write_json(plots / "misclassified" / f"{v}.json", [
-            {"index": int(i), "true": names[int(labels[i])], "predicted": names[int(r["pred"][i])],
-             "confidence": round(float(r["conf"][i]), 4)} for i in wrong])
+                  [(dataset.classes[a], dataset.classes[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())])
+        write_json(plots / "misclassified" / f"{v}.json", misclassified(r["pred"], r["conf"], labels, dataset.classes))
         print(f"{spec['label']:>8}: test {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}), "
               f"train {r['train_acc']:.2f}%, gap {summary[v]['gap']:+.2f}, {summary[v]['errors']} errors")
-    labels_by_v = {v: variants[v]["label"] for v in variants}
+    columns = ["epoch", *(spec["label"] for spec in variants.values())]
     for name in CURVES:
         n_epochs = max(len(h[name]) for h in histories.values())
-        rows = [[e + 1] + [h[name][e] if e < len(h[name]) else "" for h in histories.values()] for e in range(n_epochs)]
-        write_csv(plots / "curves" / f"{name.replace('/', '_')}.csv", ["epoch", *labels_by_v.values()], rows)
-    write_csv(plots / "per_class_accuracy.csv", ["class", *labels_by_v.values()],
-              [[dataset.classes[c], *(per_class[v][c] for v in variants)] for c in range(len(dataset.classes))])
-    best = max(summary, key=lambda v: summary[v]["test_acc"])
-    tight = min(summary, key=lambda v: summary[v]["gap"])
-    loose = max(summary, key=lambda v: summary[v]["gap"])
-    comparison = {
-        "best_test_acc": summary[best]["label"], "best_test_acc_value": summary[best]["test_acc"],
-        "smallest_gap": summary[tight]["label"], "smallest_gap_value": summary[tight]["gap"],
-        "largest_gap": summary[loose]["label"], "largest_gap_value": summary[loose]["gap"],
-    }
+        rows = [[e + 1, *(h[name][e] if e < len(h[name]) else "" for h in histories.values())] for e in range(n_epochs)]
+        write_csv(plots / "curves" / f"{name.replace('/', '_')}.csv", columns, rows)
+    write_csv(plots / "per_class_accuracy.csv", ["class", *columns[1:]],
+              [[name, *(round(per_class[v][c], 2) for v in variants)] for c, name in enumerate(dataset.classes)])
+    comparison = compare(summary)
     write_json(metrics / "comparison.json", comparison)
-    print(f"best test accuracy: {comparison['best_test_acc']}; least overfitting: {comparison['smallest_gap']}; "
-          f"most overfitting: {comparison['largest_gap']}")
+    print(f"best test accuracy: {comparison['best_test_acc']}; least overfitting: {comparison['least_overfit']}; "
+          f"most overfitting: {comparison['most_overfit']}")
 
 
 if __name__ == "__main__":
-    cli.main(app, {"batch_size": "evaluate.batch_size", "device": "train.device"})
+    cli.main(app, KEYS)

@@ -24,6 +24,7 @@ from src.files import atomic_path
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
+KEYS = {"dpi": "plot.dpi"}  # option -> params.yaml key
 
 
 def draw_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str) -> Figure:
@@ -107,4 +108,4 @@ def main(
 
 
 if __name__ == "__main__":
-    cli.main(app, {"dpi": "plot.dpi"})
+    cli.main(app, KEYS)

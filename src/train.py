@@ -24,7 +24,7 @@ from src.params import get_key, load_params
 app = cli.app(__doc__.split("\n")[0])
 
 # Options read from params.yaml: option name -> key.
-TRAIN_KEYS = {
+KEYS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "momentum": "train.momentum", "weight_decay": "train.weight_decay", "pct_start": "train.pct_start",
     "seed": "train.seed", "rotation": "train.rotation", "brightness": "train.brightness",
@@ -44,6 +44,15 @@ def _variant_defaults(ctx: typer.Context, variant: str) -> str:
     ctx.default_map = {**(ctx.default_map or {}),
                        "norm": get_key(variants, f"{variant}.norm"), "l1": get_key(variants, f"{variant}.l1")}
     return variant
+
+
+def variant_configs(params: dict, variant: str) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of `variant` exactly as `params.yaml` defines them."""
+    spec = get_key(params, f"variants.{variant}")
+    check_l1(spec["norm"], spec["l1"])
+    model_cfg = ModelConfig(norm=spec["norm"], **get_key(params, "model"))
+    train = {k: v for k, v in get_key(params, "train").items() if k != "device"}
+    return model_cfg, TrainConfig(**train, l1=spec["l1"])
 
 
 @app.command()
@@ -114,4 +123,4 @@ def main(
 
 
 if __name__ == "__main__":
-    cli.main(app, TRAIN_KEYS)
+    cli.main(app, KEYS)

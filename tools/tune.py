@@ -28,6 +28,8 @@ RECIPES = {
     "lr0.1_drop0.05": {"lr": 0.1, "dropout": 0.05},
     "lr0.2_rot10": {"lr": 0.2, "rotation": 10.0},
     "lr0.4_bs256": {"lr": 0.4, "batch_size": 256},
+    "bs64": {"batch_size": 64},
+    "bs32": {"batch_size": 32},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout"}
 

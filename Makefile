@@ -1,0 +1,39 @@
+# `make repro` sets up a virtual environment and runs the DVC pipeline; `make test` runs the tests.
+# Without internet, point NORMCMP_DATA_DIR at a folder holding the four MNIST IDX .gz files:
+#   make repro NORMCMP_DATA_DIR=../shared/data/mnist
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+# DVC and DVCLive would otherwise try to send usage statistics.
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+ifneq ($(strip $(NORMCMP_DATA_DIR)),)
+# Absolute, so that stages run by `dvc exp run` in a temporary copy find it too.
+export NORMCMP_DATA_DIR := $(abspath $(NORMCMP_DATA_DIR))
+endif
+
+.PHONY: setup repro test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+repro: setup
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests tools benchmarks
+
+bench: setup
+	$(BIN)/python -m benchmarks.throughput
+
+clean:
+	rm -rf $(VENV)

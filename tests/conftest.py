@@ -1,0 +1,86 @@
+"""Fixtures: small synthetic datasets written in the real IDX `.gz` format (no network)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.data import FILES, IMAGE_MAGIC, LABEL_MAGIC, save_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """An IDX file's bytes: big-endian magic, one int32 per dimension, then the uint8 payload."""
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> Path:
+    path.write_bytes(gzip.compress(idx_bytes(array, magic)))
+    return path
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake digits: each class lights up its own horizontal band over faint noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 2 + 2 * y : 4 + 2 * y, 4:24] = 255
+    return images, labels
+
+
+def write_mnist(folder: Path, n_train: int = 256, n_test: int = 128) -> Path:
+    """The four MNIST files in `folder`, with synthetic content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = synthetic_split(n, seed)
+        write_idx(folder / FILES[f"{split}_images"], images, IMAGE_MAGIC)
+        write_idx(folder / FILES[f"{split}_labels"], labels, LABEL_MAGIC)
+    return folder
+
+
+@pytest.fixture
+def mnist_dir(tmp_path: Path) -> Path:
+    """A folder holding four small synthetic MNIST IDX files."""
+    return write_mnist(tmp_path / "mnist")
+
+
+@pytest.fixture
+def dataset_file(tmp_path: Path) -> Path:
+    """A small `data/dataset.npz` as the download stage writes it."""
+    train, test = synthetic_split(512, 0), synthetic_split(128, 1)
+    arrays = {"train_images": train[0], "train_labels": train[1], "test_images": test[0], "test_labels": test[1]}
+    path = tmp_path / "dataset.npz"
+    save_data(path, arrays, [str(d) for d in range(10)])
+    return path
+
+
+def tiny_params(**train) -> dict:
+    """params.yaml with settings small enough for a test: one quick epoch."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update({"epochs": 1, "batch_size": 64, "device": "cpu", **train})
+    params["evaluate"]["batch_size"] = 256
+    params["plot"]["dpi"] = 40
+    return params
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, dataset_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder with a tiny params.yaml and data/dataset.npz; the current directory."""
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    shutil.copy(dataset_file, work / "data" / "dataset.npz")
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    monkeypatch.chdir(work)
+    return work

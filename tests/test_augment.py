@@ -1,0 +1,37 @@
+import torch
+
+from src.augment import augment, normalize
+
+
+def _batch(n=16):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+
+
+def test_shapes_and_range_are_kept():
+    out = augment(_batch(), torch.Generator().manual_seed(1), rotation=7, brightness=0.1, contrast=0.1)
+    assert out.shape == (16, 1, 28, 28) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_each_image_gets_its_own_transform():
+    same = _batch(1).repeat(8, 1, 1, 1)
+    out = augment(same, torch.Generator().manual_seed(1), rotation=7, brightness=0.1, contrast=0.1)
+    diffs = [(out[0] - out[i]).abs().max().item() for i in range(1, 8)]
+    assert min(diffs) > 1e-3
+
+
+def test_seeded_and_identity_when_disabled():
+    x = _batch()
+    a = augment(x, torch.Generator().manual_seed(3), 7, 0.1, 0.1)
+    b = augment(x, torch.Generator().manual_seed(3), 7, 0.1, 0.1)
+    assert torch.equal(a, b)
+    plain = augment(x, torch.Generator().manual_seed(3), 0, 0, 0)
+    torch.testing.assert_close(plain, x.float() / 255)
+
+
+def test_normalize_standardizes():
+    x = _batch(64)
+    mean, std = (x.float() / 255).mean().item(), (x.float() / 255).std().item()
+    out = normalize(x, mean, std)
+    assert abs(out.mean().item()) < 1e-3 and abs(out.std().item() - 1) < 1e-2

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from src.data import load_data
+from src.engine import NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device
+from src.errors import ConfigError
+from src.model import ModelConfig
+
+CPU = torch.device("cpu")
+
+
+def _fit(dataset_file, norm="bn", **cfg):
+    model = make_model(ModelConfig(norm=norm), seed=1)
+    history = fit(model, load_data(dataset_file), TrainConfig(**{"epochs": 2, "batch_size": 64, **cfg}), CPU,
+                  progress=False)
+    return model, history
+
+
+def test_fit_logs_every_epoch_and_learns(dataset_file):
+    _, history = _fit(dataset_file, lr=0.1)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert set(history[0]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds"}
+    assert history[-1]["test_acc"] > 30  # synthetic classes are easy; chance is 10%
+
+
+def test_same_seed_same_weights(dataset_file):
+    a, ha = _fit(dataset_file, norm="gn")
+    b, hb = _fit(dataset_file, norm="gn")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [r["test_loss"] for r in ha] == [r["test_loss"] for r in hb]
+
+
+def test_l1_only_with_batch_norm(dataset_file):
+    check_l1("bn", 1e-4)
+    for norm in ("gn", "ln"):
+        with pytest.raises(ConfigError, match=f"only allowed with norm 'bn'; set l1 to 0 for norm '{norm}'"):
+            _fit(dataset_file, norm=norm, l1=1e-4)
+
+
+def test_l1_changes_training(dataset_file):
+    plain, _ = _fit(dataset_file, epochs=1)
+    penalized, _ = _fit(dataset_file, epochs=1, l1=0.05)
+    l1 = lambda m: sum(p.abs().sum().item() for p in m.parameters())  # noqa: E731
+    assert l1(penalized) < l1(plain)
+
+
+def test_exploding_loss_stops_with_epoch_and_step(dataset_file):
+    with pytest.raises(NonFiniteLoss, match=r"at epoch 1, step \d+; no model was saved"):
+        _fit(dataset_file, lr=1e12, pct_start=0.01)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "train.epochs must be >= 1"),
+    ("batch_size", 0, "train.batch_size must be >= 1"),
+    ("lr", -0.1, "train.lr must be > 0"),
+    ("l1", -1.0, "variants.<variant>.l1 must be >= 0"),
+])
+def test_impossible_settings_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_device_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="unknown; use auto, cpu, cuda or cuda:N"):
+        pick_device("tpu")

@@ -1,0 +1,202 @@
+"""Bad input and interruptions: one clear line on stderr, a non-zero exit, no output left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from src import cli, download, evaluate, plot, train
+from tests.conftest import ROOT, write_mnist
+
+STAGES = {"download": download, "train": train, "evaluate": evaluate, "plot": plot}
+
+
+def run(stage: str, *argv: str) -> int:
+    return cli.run(STAGES[stage].app, STAGES[stage].KEYS, list(argv))
+
+
+def error_line(capsys) -> str:
+    """The `error:` line a stage printed; exactly one, and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def set_param(key: str, value) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    *parents, last = key.split(".")
+    node = params
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, message", [
+    ("variants.gn.norm", "in", "variants.gn.norm = 'in' is unknown; choose bn, gn or ln"),
+    ("variants.gn.l1", 1e-4, "l1 = 0.0001 is only allowed with norm 'bn'"),
+    ("model.gn_groups", 3, "gn_groups=3 does not divide the channel count 8"),
+    ("train.epochs", 0, "train.epochs must be >= 1 (got 0)"),
+    ("train.batch_size", 0, "train.batch_size must be >= 1 (got 0)"),
+    ("train.lr", -0.1, "train.lr must be > 0 (got -0.1)"),
+    ("variants.bn_l1.l1", -1.0, "variants.<variant>.l1 must be >= 0"),
+    ("train.device", "tpu", "train.device = 'tpu' is unknown"),
+    ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
+    ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
+])
+def test_bad_training_parameters(workdir, capsys, key, value, message):
+    set_param(key, value)
+    assert run("train", "bn_l1" if "bn_l1" in key else "gn") == 1
+    assert message in error_line(capsys)
+    assert not Path("models").exists() and not Path("dvclive").exists()
+
+
+def test_unknown_variant_and_broken_params_file(workdir, capsys):
+    assert run("train", "bn") == 1
+    assert "unknown variant 'bn'; params.yaml variants are: bn_l1, gn, ln" in error_line(capsys)
+    Path("params.yaml").write_text("train: [epochs: 1\n")
+    assert run("evaluate") == 1
+    assert "params.yaml is not valid YAML at line" in error_line(capsys)
+
+
+def test_bad_stage_parameters(workdir, capsys):
+    set_param("download.dataset", "cifar")
+    assert run("download") == 1
+    assert "download.dataset = 'cifar' is unknown; choose one of mnist, fashion-mnist" in error_line(capsys)
+    set_param("plot.dpi", 0)
+    assert run("plot") == 1
+    assert "plot.dpi must be >= 20 (got 0)" in error_line(capsys)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def test_missing_local_folder_or_file(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NORMCMP_DATA_DIR", str(tmp_path / "nowhere"))
+    assert run("download", "--out", "out.npz") == 1
+    assert f"NORMCMP_DATA_DIR={tmp_path / 'nowhere'}: no such folder" in error_line(capsys)
+    folder = write_mnist(tmp_path / "mnist")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("NORMCMP_DATA_DIR", str(folder))
+    assert run("download", "--out", "out.npz") == 1
+    assert f"{folder} lacks t10k-labels-idx1-ubyte.gz" in error_line(capsys)
+    assert not Path("out.npz").exists()
+
+
+def test_corrupt_file_names_the_file(workdir, tmp_path, capsys, monkeypatch):
+    folder = write_mnist(tmp_path / "mnist")
+    bad = folder / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:-20])
+    monkeypatch.setenv("NORMCMP_DATA_DIR", str(folder))
+    assert run("download", "--out", "out.npz", "--stats-out", "stats.json") == 1
+    assert f"{bad}: truncated or corrupt gzip data" in error_line(capsys)
+    assert not Path("out.npz").exists() and not Path("stats.json").exists()
+
+
+def test_download_without_network_suggests_local_folder(workdir, capsys, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.delenv("NORMCMP_DATA_DIR", raising=False)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", type("MNIST", (), {"__init__": offline}))
+    assert run("download", "--out", "out.npz") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download mnist (RuntimeError: Error downloading")
+    assert "hint: without internet, set NORMCMP_DATA_DIR to a folder holding the four IDX .gz files" in err
+
+
+def test_valid_local_folder_is_read(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NORMCMP_DATA_DIR", str(write_mnist(tmp_path / "mnist")))
+    assert run("download", "--out", "out.npz", "--stats-out", "stats.json") == 0
+    assert "256 train, 128 test images" in capsys.readouterr().out
+
+
+# --- training and evaluation ------------------------------------------------------------------
+
+def test_exploding_loss_leaves_nothing(workdir, capsys):
+    set_param("train.lr", 1e12)
+    assert run("train", "bn_l1") == 1
+    assert "at epoch 1, step" in error_line(capsys)
+    assert not Path("models/bn_l1.pt").exists() and not Path("dvclive/bn_l1").exists()
+
+
+def test_evaluate_and_plot_name_missing_or_corrupt_inputs(workdir, capsys):
+    assert run("evaluate") == 1
+    line = error_line(capsys)
+    assert "dvclive/bn_l1/plots/metrics/train/loss.tsv is missing or corrupt; the train stage writes it" in line
+    for v in ("bn_l1", "gn", "ln"):
+        assert run("train", v, "--no-progress") == 0
+    Path("models/gn.pt").write_bytes(b"not a model")
+    assert run("evaluate") == 1
+    assert "models/gn.pt is not a valid model file" in error_line(capsys)
+    Path("models/gn.pt").unlink()
+    assert run("evaluate") == 1
+    assert "models/gn.pt not found; train_gn makes it" in error_line(capsys)
+    assert not Path("metrics").exists()
+    assert run("plot") == 1
+    assert "plots/curves/test_loss.csv is missing or corrupt; the evaluate stage writes it" in error_line(capsys)
+
+
+def test_model_of_another_norm_is_a_clear_mismatch(workdir, capsys):
+    for v in ("bn_l1", "gn", "ln"):
+        assert run("train", v, "--no-progress") == 0
+    Path("models/gn.pt").write_bytes(Path("models/bn_l1.pt").read_bytes())
+    assert run("evaluate") == 1
+    assert "models/gn.pt holds a bn model but params.yaml says variants.gn.norm is gn" in error_line(capsys)
+    ckpt = torch.load("models/ln.pt", weights_only=True)
+    ckpt["state_dict"]["head.weight"] = torch.zeros(3, 3)
+    torch.save(ckpt, "models/ln.pt")
+    from src.checkpoint import load_checkpoint
+    from src.errors import UserError
+
+    with pytest.raises(UserError, match="weights do not match the architecture"):
+        load_checkpoint("models/ln.pt")
+
+
+def test_same_inputs_same_results(workdir):
+    for _ in range(2):
+        for v in ("bn_l1", "gn", "ln"):
+            assert run("train", v, "--no-progress") == 0
+        first = {v: torch.load(f"models/{v}.pt", weights_only=True)["state_dict"] for v in ("bn_l1", "gn")}
+        if _ == 0:
+            kept = first
+    for v in kept:
+        assert all(torch.equal(a, b) for a, b in zip(kept[v].values(), first[v].values()))
+    outputs = []
+    for _ in range(2):
+        assert run("evaluate") == 0
+        outputs.append({p: p.read_bytes() for p in sorted(Path("metrics").glob("*.json"))})
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_exits_promptly_and_leaves_nothing(workdir, sig):
+    set_param("train.epochs", 200)
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", "gn", "--no-progress"], cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not Path("dvclive/gn/metrics.json").exists() and time.time() < deadline:
+        time.sleep(0.1)  # wait until training has logged its first epoch
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "error: interrupted; no outputs were written" in err and "Traceback" not in err
+    assert not Path("models/gn.pt").exists() and not Path("dvclive/gn").exists()
+    assert not list(Path(".").rglob("*.tmp"))

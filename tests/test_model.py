@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from src.model import ModelConfig, Net, count_parameters, norm_layer
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_output_shape_and_size(norm):
+    model = Net(ModelConfig(norm=norm))
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert count_parameters(model) < 10_000
+
+
+def test_only_the_norm_layers_differ():
+    counts = {n: count_parameters(Net(ModelConfig(norm=n))) for n in ("bn", "gn", "ln")}
+    assert len(set(counts.values())) == 1  # BN, GN and LN have the same affine parameters
+
+
+def _normalized(x, dims):
+    """(x - mean) / sqrt(var + eps) with statistics over `dims`; also the number of means."""
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + 1e-5), mean.numel()
+
+
+# A batch of 4 images with 4 channels of 2x2, as in the write-up.
+X = torch.arange(4 * 4 * 2 * 2, dtype=torch.float32).reshape(4, 4, 2, 2) ** 1.5 % 17
+
+
+def test_batch_norm_uses_one_mean_per_channel():
+    layer = norm_layer("bn", 4, gn_groups=2).train()
+    expected, n_means = _normalized(X, dims=(0, 2, 3))
+    assert n_means == 4
+    torch.testing.assert_close(layer(X), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_layer_norm_uses_one_mean_per_image():
+    layer = norm_layer("ln", 4, gn_groups=2)
+    expected, n_means = _normalized(X, dims=(1, 2, 3))
+    assert n_means == 4
+    torch.testing.assert_close(layer(X), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_group_norm_uses_one_mean_per_image_and_group():
+    layer = norm_layer("gn", 4, gn_groups=2)
+    grouped = X.reshape(4, 2, 2, 2, 2)  # (B, groups, C/groups, H, W)
+    expected, n_means = _normalized(grouped, dims=(2, 3, 4))
+    assert n_means == 8
+    torch.testing.assert_close(layer(X), expected.reshape(X.shape), atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_norm_and_bad_groups_are_refused():
+    with pytest.raises(ValueError, match="is not a valid Norm"):
+        ModelConfig(norm="in")
+    with pytest.raises(ValueError, match="gn_groups=3 does not divide"):
+        ModelConfig(norm="gn", gn_groups=3)
