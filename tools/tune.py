@@ -30,6 +30,15 @@ RECIPES = {
     "lr0.4_bs256": {"lr": 0.4, "batch_size": 256},
     "bs64": {"batch_size": 64},
     "bs32": {"batch_size": 32},
+    "bs32_lr0.03": {"batch_size": 32, "lr": 0.03},
+    "bs64_lr0.03": {"batch_size": 64, "lr": 0.03},
+    "lr0.02": {"lr": 0.02},
+    "lr0.03": {"lr": 0.03},
+    "lr0.03_pct0.3": {"lr": 0.03, "pct_start": 0.3},
+    "lr0.02_bs64": {"lr": 0.02, "batch_size": 64},
+    "lr0.05_pct0.35": {"pct_start": 0.35},
+    "lr0.03_mom0.95": {"lr": 0.03, "momentum": 0.95},
+    "lr0.02_bs64_gn2": {"lr": 0.02, "batch_size": 64, "gn_groups": 2},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout"}
 
