@@ -5,6 +5,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
+# Stage commands call `python`: make it the environment's.
+export PATH := $(abspath $(BIN)):$(PATH)
 # DVC and DVCLive would otherwise try to send usage statistics.
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1

@@ -38,7 +38,8 @@ def local_files(folder: str | Path) -> dict[str, Path]:
     """The four files in `folder`; an error naming the folder and any missing file."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise UserError(f"{LOCAL_DIR_ENV}={folder}: no such folder", hint=f"point it at a folder holding {', '.join(FILES.values())}")
+        raise UserError(f"{LOCAL_DIR_ENV}={folder}: no such folder",
+                        hint=f"point it at a folder holding {', '.join(FILES.values())}")
     paths = {role: folder / name for role, name in FILES.items()}
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
@@ -66,7 +67,7 @@ def download_files(dataset: str, root: Path) -> dict[str, Path]:
 def main(
     dataset: Annotated[str, typer.Option(help="Dataset: mnist or fashion-mnist.")],
     out: Annotated[Path, typer.Option(help="Output .npz file with the validated splits.")] = DATASET_FILE,
-    stats_out: Annotated[Path, typer.Option(help="Output JSON with counts and pixel mean/std.")] = Path("data/stats.json"),
+    stats_out: Annotated[Path, typer.Option(help="Output JSON: counts, pixel mean/std.")] = Path("data/stats.json"),
 ) -> None:
     """Get the dataset (torchvision download, or the folder named by NORMCMP_DATA_DIR), validate it, save it."""
     if dataset not in DATASETS:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -171,8 +171,8 @@ def fit(
         order = torch.randperm(n, generator=gen, device=device)
         losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
         correct = torch.zeros((), dtype=torch.long, device=device)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if progress else True, mininterval=0.5,
-                   unit="batch", dynamic_ncols=True)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
         checked = 0
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class Norm(str, Enum):

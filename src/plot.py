@@ -16,6 +16,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from src import cli
 from src.data import DATASET_FILE, load_data
@@ -34,13 +35,15 @@ def draw_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str) 
     for (label, values), marker in zip(curves.items(), "osD^v"):
         ax.plot(range(1, len(values) + 1), values, marker=marker, markersize=4, label=label)
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(title="model")
     return fig
 
 
-def draw_misclassified(images: np.ndarray, items: Sequence[Mapping], title: str, rows: int = 2, cols: int = 5) -> Figure:
+def draw_misclassified(
+    images: np.ndarray, items: Sequence[Mapping], title: str, rows: int = 2, cols: int = 5
+) -> Figure:
     """A rows x cols grid of misclassified images, each captioned with true and predicted label."""
     fig = Figure(figsize=(1.9 * cols, 2.3 * rows + 0.4), layout="constrained")
     fig.suptitle(title, fontsize=13)

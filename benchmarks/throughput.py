@@ -1,0 +1,472 @@
+"""Training throughput: the project's tensor pipeline against the usual DataLoader + PIL one.
+
+For each variant of `params.yaml` this times, in one process and alternating
+round by round:
+
+* baseline: an MNIST dataset served by torchvision's own `MNIST.__getitem__`
+  (PIL image, then RandomRotation, ColorJitter, ToTensor, Normalize) through a
+  `DataLoader` with batch size 64 and default workers, feeding the same model,
+  SGD optimizer, one-cycle schedule and L1 penalty as the pipeline, in float32;
+* the project: `src.engine.fit` itself, exactly as the train stages run it
+  (tensors resident on the device, batched `src.augment.augment`), on a subset
+  of `--steps` batches for one epoch, timed by the `epoch_seconds` it reports
+  (training only, evaluation excluded), once per `--modes` entry
+  (fp32, channels_last, bf16, channels_last+bf16).
+
+Each measurement starts from a fresh model and skips `--warmup` steps first (a
+short `fit` for the project). It also times evaluation on the test set
+(`src.engine.predict` against a plain DataLoader loop) and records peak memory
+(CUDA bytes allocated on a GPU, the process's resident set on the CPU). The
+table at the end gives medians over `--rounds`.
+
+    python -m benchmarks.throughput                      # all variants and modes
+    python -m benchmarks.throughput --variants gn --modes fp32,bf16 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import MNIST
+from torchvision.datasets.vision import VisionDataset
+
+from src.data import DATASET_FILE, Data, load_data
+from src.engine import NonFiniteLoss, TrainConfig, fit, make_model, physical_cores, pick_device, predict
+from src.errors import ConfigError, UserError, debug_enabled
+from src.model import ModelConfig
+from src.params import PARAMS_FILE, get_key, load_params
+from src.train import variant_configs
+
+EPOCH_IMAGES = 60_000  # the per-epoch seconds are given for a full MNIST training set
+BASELINE = "baseline"
+# Mode name -> (channels_last, bf16) of the project's TrainConfig.
+MODES = {
+    "fp32": (False, False),
+    "channels_last": (True, False),
+    "bf16": (False, True),
+    "channels_last+bf16": (True, True),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The baseline: torchvision's MNIST dataset class, PIL transforms, a DataLoader, a plain training loop.
+
+
+class InMemoryMNIST(MNIST):
+    """`torchvision.datasets.MNIST` over tensors already in memory instead of files under root/MNIST/raw.
+
+    Only the constructor differs: `__getitem__` and `__len__` are torchvision's own, so each item is
+    made exactly as there (`Image.fromarray(img.numpy(), mode="L")`, then the transform).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, train: bool = True) -> None:
+        VisionDataset.__init__(self, root=None, transform=transform)
+        self.train = train
+        self.data = images.reshape(-1, images.shape[-2], images.shape[-1]).cpu()  # (N, 28, 28) uint8
+        self.targets = labels.cpu()
+
+
+def baseline_transforms(cfg: TrainConfig, mean: float, std: float, train: bool = True) -> transforms.Compose:
+    """The usual PIL pipeline, with the project's augmentation strengths."""
+    steps = [
+        transforms.RandomRotation(cfg.rotation),
+        transforms.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
+    ] if train else []
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+
+
+def _forever(loader: DataLoader) -> Iterator:
+    """Batches of `loader`, starting a new shuffled epoch whenever one ends."""
+    while True:
+        yield from loader
+
+
+def one_cycle_steps(n: int, pct_start: float) -> int:
+    """`n`, or `n + 1` where OneCycleLR over `n` steps would divide by zero (`n * pct_start == 1`)."""
+    return n + 1 if float(pct_start * n) - 1 == 0 else n
+
+
+def time_baseline(model_cfg: ModelConfig, cfg: TrainConfig, loader: DataLoader, device: torch.device,
+                  steps: int, warmup: int) -> float:
+    """Training images per second of the usual loop over `loader`, after `warmup` untimed steps."""
+    model = make_model(model_cfg, cfg.seed).to(device)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay)
+    total = one_cycle_steps(warmup + steps, cfg.pct_start)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
+                                                cycle_momentum=False)
+    model.train()
+    batches = _forever(loader)
+    images, start = 0, time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            images, start = 0, time.perf_counter()
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        if cfg.l1:
+            loss = loss + cfg.l1 * sum(p.abs().sum() for p in params)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        images += len(x)
+    _sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def time_baseline_eval(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Evaluation images per second of the usual `no_grad` loop over a DataLoader of the test set."""
+    model.eval()
+    images, start = 0, time.perf_counter()
+    with torch.no_grad():
+        for x, _ in loader:
+            model(x.to(device)).argmax(1)
+            images += len(x)
+    _sync(device)
+    return images / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The project: src.engine.fit and src.engine.predict as the pipeline runs them.
+
+
+def time_project(model_cfg: ModelConfig, cfg: TrainConfig, data: Data,
+                 device: torch.device) -> tuple[float, torch.nn.Module]:
+    """Training images per second of one `fit` epoch over `data` (on `device`), and the trained model."""
+    model = make_model(model_cfg, cfg.seed)
+    history = fit(model, data, replace(cfg, epochs=1), device, progress=False)
+    steps = len(data.train_images) // cfg.batch_size
+    return steps * cfg.batch_size / history[0]["epoch_seconds"], model
+
+
+def time_predict(model: torch.nn.Module, data: Data, cfg: TrainConfig, device: torch.device, n: int,
+                 batch_size: int) -> float:
+    """Evaluation images per second of `predict` on the first `n` test images (already on `device`)."""
+    images = data.test_images[:n]
+    _sync(device)
+    start = time.perf_counter()
+    predict(model, images, data.mean, data.std, batch_size, channels_last=cfg.channels_last, bf16=cfg.bf16)
+    _sync(device)
+    return len(images) / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Measuring.
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory while the `with` block runs, in bytes (`.peak`).
+
+    On a GPU: `torch.cuda.max_memory_allocated`, reset on entry. On the CPU: the process's resident set,
+    sampled by a background thread (it includes the interpreter, the libraries and the dataset).
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.01) -> None:
+        self.device, self.interval, self.peak = device, interval, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._process = psutil.Process()
+            self.peak = self._process.memory_info().rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+@dataclass
+class Runs:
+    """Every round's measurements of one pipeline (the baseline or one mode) of one variant."""
+
+    train: list[float] = field(default_factory=list)  # images per second
+    eval: list[float] = field(default_factory=list)  # images per second
+    memory: list[int] = field(default_factory=list)  # peak bytes while training
+    error: str | None = None  # why this mode could not run (it is then left out of later rounds)
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: Data, device: torch.device,
+                  args: argparse.Namespace) -> dict[str, Runs]:
+    """All rounds of one variant: the baseline and each mode, alternating, in a rotating order."""
+    train_set = InMemoryMNIST(data.train_images, data.train_labels, baseline_transforms(cfg, data.mean, data.std))
+    test_set = InMemoryMNIST(data.test_images[: args.eval_images], data.test_labels[: args.eval_images],
+                             baseline_transforms(cfg, data.mean, data.std, train=False), train=False)
+    train_loader = DataLoader(train_set, batch_size=args.baseline_batch_size, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=args.eval_batch_size)
+
+    # fit over a subset of whole batches: one epoch = the timed steps (n_test only keeps its evaluation short).
+    n_test = min(cfg.batch_size, len(data.test_images))
+    fit_data = data.subset(n_train=one_cycle_steps(args.steps, cfg.pct_start) * cfg.batch_size, n_test=n_test)
+    configs = {mode: replace(cfg, channels_last=cl, bf16=bf) for mode, (cl, bf) in MODES.items() if mode in args.modes}
+
+    runs = {name: Runs() for name in [BASELINE, *configs]}
+
+    def failed(name: str, e: Exception) -> None:
+        """A mode the project's code cannot run: report it in the table instead of stopping the benchmark."""
+        if debug_enabled():
+            raise e
+        runs[name].error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        print(f"  {variant} {name}: failed ({runs[name].error})", flush=True)
+
+    # Warm-up of the project's path in every mode: allocator, kernels, autocast caches.
+    warm_data = data.subset(n_train=one_cycle_steps(max(args.warmup, 1), cfg.pct_start) * cfg.batch_size,
+                            n_test=n_test)
+    for name, mode_cfg in configs.items():
+        try:
+            _, model = time_project(model_cfg, mode_cfg, warm_data, device)
+        except (RuntimeError, NonFiniteLoss) as e:
+            failed(name, e)
+            continue
+        if args.eval_images:
+            time_predict(model, data, mode_cfg, device, min(args.eval_images, args.eval_batch_size),
+                         args.eval_batch_size)
+
+    order = [name for name, r in runs.items() if not r.error]
+    for r in range(args.rounds):
+        shift = r % len(order)
+        for name in order[shift:] + order[:shift]:
+            if runs[name].error:
+                continue
+            with PeakMemory(device) as mem:
+                if name == BASELINE:
+                    train = time_baseline(model_cfg, cfg, train_loader, device, args.steps, args.warmup)
+                else:
+                    try:
+                        train, model = time_project(model_cfg, configs[name], fit_data, device)
+                    except (RuntimeError, NonFiniteLoss) as e:
+                        failed(name, e)
+                        continue
+            runs[name].train.append(train)
+            runs[name].memory.append(mem.peak)
+            if args.eval_images:
+                if name == BASELINE:
+                    model = make_model(model_cfg, cfg.seed).to(device)
+                    runs[name].eval.append(time_baseline_eval(model, test_loader, device))
+                else:
+                    runs[name].eval.append(time_predict(model, data, configs[name], device, args.eval_images,
+                                                        args.eval_batch_size))
+        base = runs[BASELINE].train[-1]
+        parts = [f"{name} {m.train[-1]:,.0f}" + ("" if name == BASELINE else f" ({m.train[-1] / base:.2f}x)")
+                 for name, m in runs.items() if not m.error]
+        print(f"  {variant} round {r + 1}/{args.rounds}: img/s " + " | ".join(parts), flush=True)
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Report.
+
+
+def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int) -> list[dict]:
+    """One row per pipeline: medians over the rounds, and ratios against the baseline and project fp32."""
+    base = _median(runs[BASELINE].train)
+    fp32 = _median(runs["fp32"].train) if "fp32" in runs else float("nan")
+    rows = []
+    for name, r in runs.items():
+        train = _median(r.train)
+        rows.append({
+            "variant": variant,
+            "mode": name,
+            "batch_size": baseline_batch if name == BASELINE else cfg.batch_size,
+            "train_img_s": train,
+            "ratio": train / base,
+            "vs_fp32": float("nan") if name == BASELINE else train / fp32,
+            "epoch_seconds": EPOCH_IMAGES / train,
+            "eval_img_s": _median(r.eval),
+            "peak_mib": max(r.memory, default=float("nan")) / 2**20,
+            "error": r.error,
+        })
+    return rows
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "-" if value != value else format(value, spec)  # NaN -> "-"
+
+
+def format_table(rows: list[dict], device: torch.device) -> str:
+    memory = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
+    header = ["variant", "pipeline", "batch", "train img/s", "x baseline", "x fp32", "s/epoch (60k)",
+              "eval img/s", memory]
+    body = []
+    for row in rows:
+        pipeline = "DataLoader+PIL" if row["mode"] == BASELINE else f"project {row['mode']}"
+        train = "failed*" if row["error"] else _fmt(row["train_img_s"], ",.0f")
+        body.append([row["variant"], pipeline, str(row["batch_size"]), train,
+                     _fmt(row["ratio"], ".2f"), _fmt(row["vs_fp32"], ".2f"), _fmt(row["epoch_seconds"], ".1f"),
+                     _fmt(row["eval_img_s"], ",.0f"), _fmt(row["peak_mib"], ",.0f")])
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded)
+
+    out = [line(header), line(["-" * w for w in widths])]
+    for i, cells in enumerate(body):
+        if i and cells[0] != body[i - 1][0]:
+            out.append("")
+        out.append(line(cells))
+    notes = [f"* {row['variant']} {row['mode']}: {row['error']}" for row in rows if row["error"]]
+    return "\n".join(out + ([""] if notes else []) + notes)
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                cpu = text.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu ({cpu}, {torch.get_num_threads()} torch threads, {physical_cores()} physical cores)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=40, help="timed optimizer steps per measurement")
+    p.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps before each measurement")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each times every pipeline once")
+    p.add_argument("--variants", type=_csv, default=None, help="comma-separated keys of params.yaml `variants` "
+                   "[default: all]")
+    p.add_argument("--modes", type=_csv, default=list(MODES), help=f"comma-separated project modes: {', '.join(MODES)}")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: the pipeline's, one per "
+                   "physical core]")
+    p.add_argument("--data", type=Path, default=DATASET_FILE, help="dataset file written by the download stage")
+    p.add_argument("--params", type=Path, default=PARAMS_FILE, help="the pipeline's settings")
+    p.add_argument("--baseline-batch-size", type=int, default=64, help="batch size of the DataLoader baseline")
+    p.add_argument("--eval-images", type=int, default=None, help="test images to time evaluation on; 0 skips it "
+                   "[default: the whole test set]")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="[default: params.yaml evaluate.batch_size]")
+    args = p.parse_args(argv)
+    for name in ("steps", "rounds", "baseline_batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.threads < 0:
+        p.error("--warmup and --threads must be >= 0")
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown or not args.modes:
+        p.error(f"--modes: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODES)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Run the benchmark, print per-round lines and the final table; return the table's rows."""
+    args = parse_args(argv)
+    params = load_params(args.params)
+    all_variants = get_key(params, "variants")
+    variants = args.variants or list(all_variants)
+    unknown = [v for v in variants if v not in all_variants]
+    if unknown:
+        raise UserError(f"unknown variant {', '.join(unknown)}; params.yaml variants are: {', '.join(all_variants)}")
+    if args.eval_batch_size is None:
+        args.eval_batch_size = int(get_key(params, "evaluate.batch_size"))
+
+    device = pick_device(args.device)  # on the CPU: one torch thread per physical core, as the pipeline
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_data(args.data)
+    args.eval_images = len(data.test_images) if args.eval_images is None else min(args.eval_images,
+                                                                                  len(data.test_images))
+    first = variant_configs(params, variants[0])[1]
+    batch_size = first.batch_size
+    if one_cycle_steps(args.steps, first.pct_start) * batch_size > len(data.train_images):
+        raise ConfigError(f"--steps {args.steps} x batch size {batch_size} exceeds the "
+                          f"{len(data.train_images)} training images of {args.data}")
+    data = data.to(device)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    print(f"device {_describe(device)}, torch {torch.__version__}")
+    print(f"{args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds; baseline batch "
+          f"{args.baseline_batch_size} (DataLoader, num_workers=0, float32), project batch {batch_size} "
+          f"(src.engine.fit); evaluation on {args.eval_images} test images")
+    if device.type == "cpu" and load > physical_cores() * 0.5:
+        print(f"note: load average {load:.1f} on {physical_cores()} cores: other processes share the CPU, so absolute "
+              "numbers are low; ratios measured in this same run still compare")
+    print(flush=True)
+
+    rows = []
+    start = time.perf_counter()
+    for variant in variants:
+        model_cfg, cfg = variant_configs(params, variant)
+        runs = bench_variant(variant, model_cfg, cfg, data, device, args)
+        rows += summarize(variant, runs, cfg, args.baseline_batch_size)
+
+    print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s; "
+          f"x fp32 = against the project in fp32; s/epoch = {EPOCH_IMAGES:,} training images at that rate\n")
+    print(format_table(rows, device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"\nprocess peak RSS {rss:,.0f} MiB; total {time.perf_counter() - start:.0f}s", flush=True)
+    return rows
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one-line errors instead of tracebacks (NORMCMP_DEBUG=1 shows them)."""
+    try:
+        main(argv)
+        return 0
+    except (ConfigError, UserError) as e:
+        if debug_enabled():
+            raise
+        (e if isinstance(e, UserError) else UserError(str(e))).show()
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(run())

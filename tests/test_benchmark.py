@@ -1,0 +1,84 @@
+"""Smoke test of `python -m benchmarks.throughput` on a tiny synthetic dataset (a few seconds)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from benchmarks import throughput
+from src.data import load_data
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    """A dataset file with the keys and dtypes of data/dataset.npz, small enough for a few steps."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "dataset.npz"
+    np.savez(
+        path,
+        train_images=rng.integers(0, 256, (512, 28, 28), dtype=np.uint8),
+        train_labels=rng.integers(0, 10, 512, dtype=np.uint8),
+        test_images=rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+        test_labels=rng.integers(0, 10, 100, dtype=np.uint8),
+        mean=0.5, std=0.29, classes=np.array([str(i) for i in range(10)]),
+    )
+    load_data(path)  # the project's own loader accepts it
+    return path
+
+
+def test_prints_a_ratio_for_each_mode(tiny_npz, capsys):
+    modes = list(throughput.MODES)
+    rows = throughput.main(["--data", str(tiny_npz), "--variants", "gn", "--steps", "2", "--warmup", "1",
+                            "--rounds", "1", "--device", "cpu", "--modes", ",".join(modes)])
+    out = capsys.readouterr().out
+
+    assert [r["mode"] for r in rows] == [throughput.BASELINE, *modes]
+    for r in rows:
+        assert r["variant"] == "gn"
+        assert r["train_img_s"] > 0 and math.isfinite(r["ratio"]) and r["eval_img_s"] > 0 and r["peak_mib"] > 0
+    # The table: one line per mode with its images/s and its ratio to the DataLoader + PIL baseline.
+    for mode in modes:
+        line = next((s for s in out.splitlines() if re.match(rf"gn\s+project {re.escape(mode)}\s", s)), None)
+        assert line is not None, f"no table row for {mode}:\n{out}"
+        cells = line.split()
+        # cells: variant, "project", mode, batch, img/s, ratio, ...
+        assert re.fullmatch(r"\d+\.\d\d", cells[5]), f"no ratio in {line!r}"
+    assert re.search(r"gn\s+DataLoader\+PIL\s+64\s", out)
+
+
+def test_a_mode_the_project_cannot_run_is_reported_not_fatal(tiny_npz, capsys, monkeypatch):
+    real_fit = throughput.fit
+
+    def fit(model, data, cfg, *args, **kwargs):
+        if cfg.channels_last:
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        return real_fit(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(throughput, "fit", fit)
+    rows = throughput.main(["--data", str(tiny_npz), "--variants", "ln", "--steps", "2", "--warmup", "1",
+                            "--rounds", "2", "--device", "cpu", "--modes", "fp32,channels_last", "--eval-images", "0"])
+    out = capsys.readouterr().out
+    assert [(r["mode"], bool(r["error"])) for r in rows] == [(throughput.BASELINE, False), ("fp32", False),
+                                                              ("channels_last", True)]
+    assert re.search(r"ln\s+project channels_last\s+128\s+failed\*", out)
+    assert "* ln channels_last: RuntimeError: view size" in out
+
+
+def test_bad_options_are_one_line_errors(tiny_npz, capsys):
+    assert throughput.run(["--data", str(tiny_npz), "--variants", "nope"]) == 1
+    assert "unknown variant nope" in capsys.readouterr().err
+    assert throughput.run(["--data", str(tiny_npz), "--steps", "100"]) == 1  # 100 x 128 > 512 images
+    assert "exceeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--modes", "fp16"])
+
+
+@pytest.mark.parametrize("n", [1, 4, 5, 6, 10])
+def test_one_cycle_steps_never_divides_by_zero(n):
+    import torch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=throughput.one_cycle_steps(n, 0.2), pct_start=0.2)

@@ -1,0 +1,81 @@
+"""End to end: `dvc repro` of all six stages in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_params, write_mnist
+
+BIN = Path(sys.executable).parent
+STAGES = ["download", "train_bn_l1", "train_gn", "train_ln", "evaluate", "plot"]
+REAL_DATA = Path(os.environ.get("NORMCMP_REAL_DATA", ROOT.parent / "shared" / "data" / "mnist"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def sh(*cmd: str, cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def make_repo(tmp_path: Path, params: dict, data_dir: Path) -> tuple[Path, dict]:
+    """A fresh git + DVC repository holding this project's pipeline and `params`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NORMCMP_DATA_DIR": str(data_dir),
+           "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "GIT_AUTHOR_NAME": "test",
+           "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
+           "GIT_COMMITTER_EMAIL": "test@example.com"}
+    sh("git", "init", "-q", cwd=repo, env=env)
+    sh("dvc", "init", "-q", cwd=repo, env=env)
+    sh("git", "add", "-A", cwd=repo, env=env)
+    sh("git", "commit", "-qm", "pipeline", cwd=repo, env=env)
+    return repo, env
+
+
+def test_dvc_repro_end_to_end(tmp_path):
+    repo, env = make_repo(tmp_path, tiny_params(), write_mnist(tmp_path / "mnist"))
+    out = sh("dvc", "repro", cwd=repo, env=env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo, env=env))
+    files = next(iter(metrics.values()))["data"]  # the workspace
+    for v in ("bn_l1", "gn", "ln"):
+        m = files[f"metrics/{v}.json"]["data"]
+        assert {"train_acc", "test_acc", "train_loss", "test_loss", "params", "train_seconds"} <= set(m)
+        assert m["params"] < 10_000
+    assert set(files["metrics/comparison.json"]["data"]) == {"best_test_acc", "least_overfit", "most_overfit"}
+
+    sh("dvc", "plots", "show", "-o", "html", cwd=repo, env=env)
+    html = (repo / "html" / "index.html").read_text()
+    for title in ("Test loss per epoch", "Test accuracy per epoch", "Confusion matrix, GN"):
+        assert title in html
+    images = ["test_loss", "test_accuracy", "misclassified_bn_l1", "misclassified_gn", "misclassified_ln"]
+    for name in images:
+        png = repo / "plots" / "images" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env)
+
+
+@pytest.mark.skipif(not IN_CI and not os.environ.get("RUN_REAL_DATA"),
+                    reason="runs in CI (CI=true) or with RUN_REAL_DATA=1: ~2 minutes on real MNIST")
+def test_real_mnist_one_epoch_reaches_97_percent(tmp_path):
+    assert (REAL_DATA / "train-images-idx3-ubyte.gz").is_file(), f"real MNIST not found in {REAL_DATA}"
+    params = tiny_params(epochs=1, batch_size=32, lr=0.03)  # one epoch: more, gentler steps than the 20-epoch recipe
+    repo, env = make_repo(tmp_path, params, REAL_DATA)
+    sh("dvc", "repro", cwd=repo, env=env)
+    for v in ("bn_l1", "gn", "ln"):
+        m = json.loads((repo / "metrics" / f"{v}.json").read_text())
+        assert m["test_acc"] >= 97.0, f"{v}: {m['test_acc']:.2f}% after one epoch"
