@@ -26,7 +26,6 @@ table at the end gives medians over `--rounds`.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import resource
 import statistics
@@ -351,6 +350,11 @@ def format_table(rows: list[dict], device: torch.device) -> str:
     return "\n".join(out + ([""] if notes else []) + notes)
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores other processes keep busy: system-wide CPU use over `seconds` while this process sleeps."""
+    return psutil.cpu_percent(interval=seconds) / 100 * (psutil.cpu_count() or 1)
+
+
 def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
@@ -384,7 +388,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", type=_csv, default=list(MODES), help=f"comma-separated project modes: {', '.join(MODES)}")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: the pipeline's, one per "
-                   "physical core]")
+                   "physical core, less the cores other processes keep busy at the start]")
     p.add_argument("--data", type=Path, default=DATASET_FILE, help="dataset file written by the download stage")
     p.add_argument("--params", type=Path, default=PARAMS_FILE, help="the pipeline's settings")
     p.add_argument("--baseline-batch-size", type=int, default=64, help="batch size of the DataLoader baseline")
@@ -416,8 +420,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         args.eval_batch_size = int(get_key(params, "evaluate.batch_size"))
 
     device = pick_device(args.device)  # on the CPU: one torch thread per physical core, as the pipeline
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    busy = 0.0
+    if device.type == "cpu":
+        busy = busy_cores()
+        threads = args.threads or max(1, min(torch.get_num_threads(), round(physical_cores() - busy)))
+        torch.set_num_threads(threads)
     data = load_data(args.data)
     args.eval_images = len(data.test_images) if args.eval_images is None else min(args.eval_images,
                                                                                   len(data.test_images))
@@ -428,14 +435,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                           f"{len(data.train_images)} training images of {args.data}")
     data = data.to(device)
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     print(f"device {_describe(device)}, torch {torch.__version__}")
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds; baseline batch "
           f"{args.baseline_batch_size} (DataLoader, num_workers=0, float32), project batch {batch_size} "
           f"(src.engine.fit); evaluation on {args.eval_images} test images")
-    if device.type == "cpu" and load > physical_cores() * 0.5:
-        print(f"note: load average {load:.1f} on {physical_cores()} cores: other processes share the CPU, so absolute "
+    if device.type == "cpu" and busy >= 0.5:
+        print(f"note: other processes kept {busy:.1f} of {physical_cores()} cores busy at the start, so absolute "
               "numbers are low; ratios measured in this same run still compare")
+        if not args.threads and torch.get_num_threads() < physical_cores():
+            print(f"note: using {torch.get_num_threads()} torch thread(s), not the pipeline's {physical_cores()}: "
+                  "more threads than free cores stall torch's parallel loops (pass --threads to choose)")
     print(flush=True)
 
     rows = []

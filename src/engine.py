@@ -38,27 +38,22 @@ class TrainConfig:
     bf16: bool = False  # bfloat16 autocast for convolutions
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "pct_start": 0 < self.pct_start < 1,
-            "l1": self.l1 >= 0,
-            "rotation": 0 <= self.rotation <= 180,
-            "brightness": 0 <= self.brightness < 1,
-            "contrast": 0 <= self.contrast < 1,
+        rules = {  # field: (valid?, what is allowed)
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "pct_start": (0 < self.pct_start < 1, "in (0, 1)"),
+            "l1": (self.l1 >= 0, ">= 0"),
+            "rotation": (0 <= self.rotation <= 180, "in [0, 180] degrees"),
+            "brightness": (0 <= self.brightness < 1, "in [0, 1)"),
+            "contrast": (0 <= self.contrast < 1, "in [0, 1)"),
         }
-        allowed = {
-            "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "momentum": "in [0, 1)",
-            "weight_decay": ">= 0", "pct_start": "in (0, 1)", "l1": ">= 0",
-            "rotation": "in [0, 180] degrees", "brightness": "in [0, 1)", "contrast": "in [0, 1)",
-        }
-        for name, ok in checks.items():
+        for name, (ok, allowed) in rules.items():
             if not ok:
                 key = "variants.<variant>.l1" if name == "l1" else f"train.{name}"
-                raise ConfigError(f"{key} must be {allowed[name]} (got {getattr(self, name)!r})")
+                raise ConfigError(f"{key} must be {allowed} (got {getattr(self, name)!r})")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -160,8 +155,11 @@ def fit(
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-                                                pct_start=cfg.pct_start, cycle_momentum=False)
+    total = cfg.epochs * steps
+    # OneCycleLR divides by (pct_start * total - 1): keep that away from zero on tiny runs.
+    pct_start = max(cfg.pct_start, min(0.5, 2 / total))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct_start,
+                                                cycle_momentum=False)
     # How often the host reads the loss back: every step is free on the CPU, a sync on the GPU.
     check_every = 1 if device.type == "cpu" else 50
     history = []
@@ -182,7 +180,7 @@ def fit(
             with _autocast(device, cfg.bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-            total = loss + cfg.l1 * torch.cat([p.view(-1) for p in params]).abs().sum() if cfg.l1 else loss
+            total = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()

@@ -65,3 +65,11 @@ def test_device_choice():
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError, match="unknown; use auto, cpu, cuda or cuda:N"):
         pick_device("tpu")
+
+
+def test_tiny_runs_and_channels_last_with_l1(dataset_file):
+    # 5 steps with pct_start 0.2 once divided by zero inside OneCycleLR; channels-last weights broke the L1 term.
+    data = load_data(dataset_file).subset(n_train=320)
+    cfg = TrainConfig(epochs=1, batch_size=64, pct_start=0.2, l1=1e-4, channels_last=True)
+    history = fit(make_model(ModelConfig(norm="bn"), seed=1), data, cfg, CPU, progress=False)
+    assert len(history) == 1

@@ -1,0 +1,62 @@
+"""Mean and std of each variant's metrics over DVC experiments (e.g. one per seed).
+
+Reads `dvc exp show --json` (the workspace's baseline commit and its
+experiments) and prints one row per variant:
+
+    dvc exp run -S train.seed=2 && dvc exp run -S train.seed=3
+    python -m tools.seed_table
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap", "seconds_per_epoch")
+
+
+def runs(exp_show: list[dict]) -> list[dict]:
+    """Per run (the baseline commit and every experiment): {variant: metrics}, with its seed."""
+    found = []
+    for baseline in exp_show:
+        for run in [baseline, *[e["revs"][0] for e in baseline.get("experiments") or []]]:
+            data = (run.get("data") or {})
+            files = data.get("metrics") or {}
+            seed = (data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {}).get("seed"))
+            per_variant = {path.split("/")[-1].removesuffix(".json"): f["data"] for path, f in files.items()
+                           if "data" in f and path != "metrics/comparison.json"}
+            if per_variant and run.get("rev") != "workspace":
+                found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "metrics": per_variant})
+    return found
+
+
+def table(found: list[dict]) -> str:
+    variants = sorted({v for r in found for v in r["metrics"]})
+    names = ", ".join(f"{r['name']} (seed {r['seed']})" for r in found)
+    lines = [f"runs: {names}", "",
+             "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for v in variants:
+        cells = []
+        for m in METRICS:
+            values = [r["metrics"][v][m] for r in found if v in r["metrics"]]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.2f} ± {std:.2f}")
+        label = next(r["metrics"][v].get("label", v) for r in found if v in r["metrics"])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"error: dvc exp show failed: {out.stderr.strip()}")
+    found = runs(json.loads(out.stdout))
+    if not found:
+        sys.exit("error: no committed run or experiment with metrics; run `dvc exp run -S train.seed=N` first")
+    print(table(found))
+
+
+if __name__ == "__main__":
+    main()
