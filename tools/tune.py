@@ -51,7 +51,6 @@ def run_one(job: dict) -> dict:
     from src.model import ModelConfig
     from src.params import load_params
 
-    torch.set_num_threads(1)
     params = load_params()
     variant = params["variants"][job["variant"]]
     changes = RECIPES[job["recipe"]]
@@ -60,6 +59,7 @@ def run_one(job: dict) -> dict:
     train = {**params["train"], **{k: v for k, v in changes.items() if k not in MODEL_KEYS}}
     cfg = TrainConfig.from_dict({**train, "l1": variant["l1"], "seed": job["seed"], "epochs": job["epochs"]})
     device = pick_device(job["device"])
+    torch.set_num_threads(1)  # one thread per worker: several workers share the cores
     data = load_data(job["data"])
     if job["val"]:  # hold out the end of the training set; the test set stays untouched
         n = len(data.train_images) - job["val"]
