@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -56,4 +57,9 @@ def run(stage: typer.Typer, keys: Mapping[str, str], argv: list[str] | None = No
 
 def main(stage: typer.Typer, keys: Mapping[str, str]) -> None:
     """Entry point of `python -m src.<stage>`."""
-    sys.exit(run(stage, keys))
+    code = run(stage, keys)
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # at once: no waiting on library threads at interpreter shutdown
+    sys.exit(code)

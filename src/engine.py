@@ -156,8 +156,8 @@ def fit(
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
     total = cfg.epochs * steps
-    # OneCycleLR divides by (pct_start * total - 1): keep that away from zero on tiny runs.
-    pct_start = max(cfg.pct_start, min(0.5, 2 / total))
+    # OneCycleLR divides by (pct_start * total - 1) and by its complement: keep both from zero on tiny runs.
+    pct_start = min(max(cfg.pct_start, 1.5 / total), 0.9)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct_start,
                                                 cycle_momentum=False)
     # How often the host reads the loss back: every step is free on the CPU, a sync on the GPU.

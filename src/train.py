@@ -101,20 +101,21 @@ def main(
 
     from dvclive import Live
 
-    try:
-        with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-            def log(row: dict) -> None:
-                for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-                    live.log_metric(key.replace("_", "/"), row[key])
-                live.log_metric("lr", row["lr"])
-                live.log_metric("epoch_seconds", row["epoch_seconds"])
-                live.next_step()
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
 
-            start = time.perf_counter()
-            history = fit(model, dataset, cfg, dev, on_epoch=log, progress=progress)
-            seconds = time.perf_counter() - start
-            live.summary.update({"params": n_params, "train_seconds": seconds,
-                                 "seconds_per_epoch": sum(r["epoch_seconds"] for r in history) / len(history)})
+    def log(row: dict) -> None:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            live.log_metric(key.replace("_", "/"), row[key])
+        live.log_metric("lr", row["lr"])
+        live.log_metric("epoch_seconds", row["epoch_seconds"])
+        live.next_step()
+
+    try:
+        start = time.perf_counter()
+        history = fit(model, dataset, cfg, dev, on_epoch=log, progress=progress)
+        seconds = time.perf_counter() - start
+        live.summary.update({"params": n_params, "train_seconds": seconds})
+        live.end()  # only a finished run is summarized
         save_checkpoint(model_out, model, cfg, variant=variant, params=n_params, train_seconds=seconds)
     except BaseException:
         shutil.rmtree(live_dir, ignore_errors=True)  # a partial log must not pass for a finished run
