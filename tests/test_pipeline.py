@@ -80,3 +80,25 @@ def test_real_mnist_one_epoch_reaches_97_percent(tmp_path):
     print(f"test accuracy after one epoch: {accuracy}")
     for v, acc in accuracy.items():
         assert acc >= 97.0, f"{v}: {acc:.2f}% after one epoch"
+
+
+def test_ctrl_c_during_dvc_repro_then_repro_recovers(tmp_path):
+    import signal
+    import time
+
+    repo, env = make_repo(tmp_path, tiny_params(epochs=30), write_mnist(tmp_path / "mnist", n_train=1024))
+    # Ctrl-C in a terminal interrupts the whole foreground process group: dvc and the stage it runs.
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (repo / "dvclive" / "bn_l1" / "metrics.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "error: interrupted; no outputs were written" in err
+    assert not (repo / "models" / "bn_l1.pt").exists() and not (repo / "dvclive" / "bn_l1").exists()
+
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    sh("dvc", "repro", cwd=repo, env=env)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo, env=env)
