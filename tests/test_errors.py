@@ -188,14 +188,20 @@ def test_same_inputs_same_results(workdir):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_exits_promptly_and_leaves_nothing(workdir, sig):
     set_param("train.epochs", 200)
-    proc = subprocess.Popen([sys.executable, "-m", "src.train", "gn", "--no-progress"], cwd=workdir,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not Path("dvclive/gn/metrics.json").exists() and time.time() < deadline:
-        time.sleep(0.1)  # wait until training has logged its first epoch
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=20)
+    log = workdir / "stderr.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "src.train", "gn", "--no-progress"], cwd=workdir,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 60
+        while not Path("dvclive/gn/metrics.json").exists() and time.time() < deadline:
+            time.sleep(0.1)  # wait until training has logged its first epoch
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"still running 20 s after the signal; stderr:\n{log.read_text()}")
+    err = log.read_text()
     assert proc.returncode == 130, err
     assert "error: interrupted; no outputs were written" in err and "Traceback" not in err
     assert not Path("models/gn.pt").exists() and not Path("dvclive/gn").exists()
