@@ -28,16 +28,30 @@ app = cli.app(__doc__.split("\n")[0])
 KEYS = {"dpi": "plot.dpi"}  # option -> params.yaml key
 
 
-def draw_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str) -> Figure:
-    """One line per model over epochs 1..N, legend by model name."""
+def draw_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str, zoom: int = 10) -> Figure:
+    """One line per model over epochs 1..N, legend by model name.
+
+    Runs of at least 2 * `zoom` epochs get an inset of the last `zoom` epochs, where the
+    models differ by tenths of a percent that the full scale hides.
+    """
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
+    n = max(len(v) for v in curves.values())
+    inset = ax.inset_axes([0.35, 0.3, 0.45, 0.42]) if n >= 2 * zoom else None
     for (label, values), marker in zip(curves.items(), "osD^v"):
-        ax.plot(range(1, len(values) + 1), values, marker=marker, markersize=4, label=label)
+        epochs = range(1, len(values) + 1)
+        ax.plot(epochs, values, marker=marker, markersize=4, label=label)
+        if inset is not None:
+            inset.plot(epochs[-zoom:], values[-zoom:], marker=marker, markersize=3)
+    if inset is not None:
+        inset.set_title(f"last {zoom} epochs", fontsize=8)
+        inset.tick_params(labelsize=7)
+        inset.grid(alpha=0.3)
+        inset.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(title="model")
+    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
