@@ -18,9 +18,14 @@ def _uniform(n: int, spread: float, gen: torch.Generator, device: torch.device) 
     return (torch.rand(n, generator=gen, device=device) * 2 - 1) * spread
 
 
+def standardize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Pixels in [0, 1] -> zero mean, unit variance with the training set's statistics."""
+    return (x - mean) / std
+
+
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 images (B, 1, H, W) -> float, standardized with the training set's statistics."""
-    return (images.float() / 255.0 - mean) / std
+    """uint8 images (B, 1, H, W) -> float, standardized."""
+    return standardize(images.float() / 255.0, mean, std)
 
 
 def augment(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -77,24 +77,29 @@ def save_figure(fig: Figure, path: Path, dpi: int) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def read_curves(path: Path) -> dict[str, list[float]]:
-    """A wide curves CSV (epoch, one column per model) -> {model: values}."""
+def _read(path: Path, parse: Callable[[Path], object]):
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        models = [k for k in rows[0] if k != "epoch"]
-        return {m: [float(r[m]) for r in rows if r[m] != ""] for m in models}
-    except (OSError, IndexError, ValueError):
+        return parse(path)
+    except (OSError, IndexError, KeyError, ValueError):
         raise UserError(f"{path} is missing or corrupt; the evaluate stage writes it",
                         hint="run `dvc repro evaluate`") from None
+
+
+def _parse_curves(path: Path) -> dict[str, list[float]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    models = [k for k in rows[0] if k != "epoch"]
+    return {m: [float(r[m]) for r in rows if r[m] != ""] for m in models}
+
+
+def read_curves(path: Path) -> dict[str, list[float]]:
+    """A wide curves CSV (epoch, one column per model) -> {model: values}."""
+    return _read(path, _parse_curves)
 
 
 def read_misclassified(path: Path) -> list[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{path} is missing or corrupt; the evaluate stage writes it",
-                        hint="run `dvc repro evaluate`") from None
+    """The evaluate stage's list of misclassified test images."""
+    return _read(path, lambda p: json.loads(p.read_text()))
 
 
 @app.command()

@@ -47,17 +47,15 @@ def run_one(job: dict) -> dict:
     import torch
 
     from src.data import load_data
-    from src.engine import TrainConfig, fit, make_model, pick_device
-    from src.model import ModelConfig
+    from src.engine import fit, make_model, pick_device
     from src.params import load_params
+    from src.train import variant_configs
 
-    params = load_params()
-    variant = params["variants"][job["variant"]]
+    model_cfg, cfg = variant_configs(load_params(), job["variant"])  # as params.yaml defines the variant
     changes = RECIPES[job["recipe"]]
-    model_cfg = ModelConfig(**{**params["model"], "norm": variant["norm"],
-                               **{k: v for k, v in changes.items() if k in MODEL_KEYS}})
-    train = {**params["train"], **{k: v for k, v in changes.items() if k not in MODEL_KEYS}}
-    cfg = TrainConfig.from_dict({**train, "l1": variant["l1"], "seed": job["seed"], "epochs": job["epochs"]})
+    model_cfg = replace(model_cfg, **{k: v for k, v in changes.items() if k in MODEL_KEYS})
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if k not in MODEL_KEYS},
+                  seed=job["seed"], epochs=job["epochs"])
     device = pick_device(job["device"])
     torch.set_num_threads(1)  # one thread per worker: several workers share the cores
     data = load_data(job["data"])
