@@ -1,6 +1,7 @@
 # `make repro` sets up a virtual environment and runs the DVC pipeline; `make test` runs the tests.
 # Without internet, point NORMCMP_DATA_DIR at a folder holding the four MNIST IDX .gz files:
 #   make repro NORMCMP_DATA_DIR=../shared/data/mnist
+# and, for download.dataset: fashion-mnist, NORMCMP_FASHION_MNIST_DIR at the Fashion-MNIST files.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -11,8 +12,14 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 ifneq ($(strip $(NORMCMP_DATA_DIR)),)
-# Absolute, so that stages run by `dvc exp run` in a temporary copy find it too.
-export NORMCMP_DATA_DIR := $(abspath $(NORMCMP_DATA_DIR))
+# Absolute, so that stages run by `dvc exp run` in a temporary copy find it too (`override`: a value given
+# on the make command line would otherwise win over this one, and stay relative).
+override NORMCMP_DATA_DIR := $(abspath $(NORMCMP_DATA_DIR))
+export NORMCMP_DATA_DIR
+endif
+ifneq ($(strip $(NORMCMP_FASHION_MNIST_DIR)),)
+override NORMCMP_FASHION_MNIST_DIR := $(abspath $(NORMCMP_FASHION_MNIST_DIR))
+export NORMCMP_FASHION_MNIST_DIR
 endif
 
 .PHONY: setup repro test lint bench clean
