@@ -45,7 +45,16 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.vision import VisionDataset
 
 from src.data import DATASET_FILE, Data, load_data
-from src.engine import NonFiniteLoss, TrainConfig, fit, make_model, physical_cores, pick_device, predict
+from src.engine import (
+    NonFiniteLoss,
+    TrainConfig,
+    fit,
+    make_model,
+    physical_cores,
+    pick_device,
+    predict,
+    resolve_fast_path,
+)
 from src.errors import ConfigError, UserError, debug_enabled
 from src.model import ModelConfig
 from src.params import PARAMS_FILE, get_key, load_params
@@ -53,8 +62,10 @@ from src.train import variant_configs
 
 EPOCH_IMAGES = 60_000  # the per-epoch seconds are given for a full MNIST training set
 BASELINE = "baseline"
-# Mode name -> (channels_last, bf16) of the project's TrainConfig.
+# Mode name -> (channels_last, bf16) of the project's TrainConfig. `default` is params.yaml's setting as the
+# pipeline resolves it on this device (`src.engine.resolve_fast_path`); the others force each combination.
 MODES = {
+    "default": (None, None),
     "fp32": (False, False),
     "channels_last": (True, False),
     "bf16": (False, True),
@@ -162,7 +173,8 @@ def time_predict(model: torch.nn.Module, data: Data, cfg: TrainConfig, device: t
     images = data.test_images[:n]
     _sync(device)
     start = time.perf_counter()
-    predict(model, images, data.mean, data.std, batch_size, channels_last=cfg.channels_last, bf16=cfg.bf16)
+    channels_last, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
+    predict(model, images, data.mean, data.std, batch_size, channels_last=channels_last, bf16=bf16)
     _sync(device)
     return len(images) / (time.perf_counter() - start)
 
@@ -239,7 +251,8 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
     # fit over a subset of whole batches: one epoch = the timed steps (n_test only keeps its evaluation short).
     n_test = min(cfg.batch_size, len(data.test_images))
     fit_data = data.subset(n_train=one_cycle_steps(args.steps, cfg.pct_start) * cfg.batch_size, n_test=n_test)
-    configs = {mode: replace(cfg, channels_last=cl, bf16=bf) for mode, (cl, bf) in MODES.items() if mode in args.modes}
+    configs = {mode: cfg if cl is None else replace(cfg, channels_last=cl, bf16=bf)
+               for mode, (cl, bf) in MODES.items() if mode in args.modes}
 
     runs = {name: Runs() for name in [BASELINE, *configs]}
 
@@ -298,8 +311,17 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
 # Report.
 
 
-def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int) -> list[dict]:
-    """One row per pipeline: medians over the rounds, and ratios against the baseline and project fp32."""
+def mode_name(channels_last: bool, bf16: bool) -> str:
+    """The MODES name of a resolved (channels_last, bf16) pair."""
+    return next(name for name, flags in MODES.items() if flags == (channels_last, bf16))
+
+
+def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int,
+              default: str = "") -> list[dict]:
+    """One row per pipeline: medians over the rounds, and ratios against the baseline and project fp32.
+
+    `default` names the mode that params.yaml's settings resolve to on this device.
+    """
     base = _median(runs[BASELINE].train)
     fp32 = _median(runs["fp32"].train) if "fp32" in runs else float("nan")
     rows = []
@@ -308,6 +330,7 @@ def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_ba
         rows.append({
             "variant": variant,
             "mode": name,
+            "resolved": default if name == "default" else name,
             "batch_size": baseline_batch if name == BASELINE else cfg.batch_size,
             "train_img_s": train,
             "ratio": train / base,
@@ -331,6 +354,8 @@ def format_table(rows: list[dict], device: torch.device) -> str:
     body = []
     for row in rows:
         pipeline = "DataLoader+PIL" if row["mode"] == BASELINE else f"project {row['mode']}"
+        if row["mode"] == "default":
+            pipeline += f" ({row['resolved']})"
         train = "failed*" if row["error"] else _fmt(row["train_img_s"], ",.0f")
         body.append([row["variant"], pipeline, str(row["batch_size"]), train,
                      _fmt(row["ratio"], ".2f"), _fmt(row["vs_fp32"], ".2f"), _fmt(row["epoch_seconds"], ".1f"),
@@ -452,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for variant in variants:
         model_cfg, cfg = variant_configs(params, variant)
         runs = bench_variant(variant, model_cfg, cfg, data, device, args)
-        rows += summarize(variant, runs, cfg, args.baseline_batch_size)
+        default = mode_name(*resolve_fast_path(cfg, model_cfg.norm, device))
+        rows += summarize(variant, runs, cfg, args.baseline_batch_size, default)
 
     print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s; "
           f"x fp32 = against the project in fp32; s/epoch = {EPOCH_IMAGES:,} training images at that rate\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -17,7 +18,8 @@ from src.model import ModelConfig, Net
 def save_checkpoint(path: str | Path, model: Net, train_cfg: TrainConfig, **meta: object) -> None:
     """Save weights, model and training configs and `meta` (plain values) to `path`, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"model": model.cfg.to_dict(), "train": asdict(train_cfg), "state_dict": state, **meta}
+    train = {k: v.value if isinstance(v, Enum) else v for k, v in asdict(train_cfg).items()}  # plain values only
+    payload = {"model": model.cfg.to_dict(), "train": train, "state_dict": state, **meta}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

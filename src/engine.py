@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,23 @@ from src.augment import augment, normalize, standardize
 from src.data import Data
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig, Net
+
+
+class Switch(str, Enum):
+    """An on/off setting that `auto` decides from the device and the model (`resolve_fast_path`)."""
+
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+    @classmethod
+    def parse(cls, value: object) -> Switch:
+        """`auto`, `true` or `false`; YAML booleans become `true` / `false`."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, bool):
+            return cls.true if value else cls.false
+        return cls(str(value).lower())
 
 
 @dataclass(frozen=True)
@@ -34,10 +52,15 @@ class TrainConfig:
     rotation: float = 7.0  # degrees, U(-r, r)
     brightness: float = 0.1
     contrast: float = 0.1
-    channels_last: bool = False
-    bf16: bool = False  # bfloat16 autocast for convolutions
+    channels_last: Switch | bool | str = Switch.auto  # channels-last memory format; see resolve_fast_path
+    bf16: Switch | bool | str = Switch.auto  # bfloat16 autocast; see resolve_fast_path
 
     def __post_init__(self) -> None:
+        for name in ("channels_last", "bf16"):
+            try:
+                object.__setattr__(self, name, Switch.parse(getattr(self, name)))
+            except ValueError:
+                raise ConfigError(f"train.{name} must be auto, true or false (got {getattr(self, name)!r})") from None
         rules = {  # field: (valid?, what is allowed)
             "epochs": (self.epochs >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
@@ -77,6 +100,28 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cpu":
         torch.set_num_threads(physical_cores())
     return device
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16); elsewhere bf16 is slower than fp32."""
+    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tuple[bool, bool]:
+    """(channels_last, bf16) for training `norm` on `device`, deciding each `auto` setting.
+
+    The choices follow `python -m benchmarks.throughput`. On a CPU with native bfloat16, bf16 autocast
+    makes a step 1.5x faster; without it bf16 is emulated and slower. Channels-last helps every
+    normalization in float32 on the CPU, and BN and LN in bf16, but PyTorch's GroupNorm kernel for
+    more than one group in channels-last bf16 is several times slower. On a GPU this small model is
+    bound by kernel launches and both options made it slower, so `auto` turns them off there.
+    """
+    on_cpu = device.type == "cpu"
+    bf16 = on_cpu and native_bf16_cpu() if cfg.bf16 == Switch.auto else cfg.bf16 == Switch.true
+    slow_gn = norm == "gn" and bf16
+    channels_last = on_cpu and not slow_gn if cfg.channels_last == Switch.auto else cfg.channels_last == Switch.true
+    return channels_last, bf16
 
 
 def physical_cores() -> int:
@@ -145,7 +190,8 @@ def fit(
     torch.manual_seed(cfg.seed)  # dropout
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
     model.to(device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    channels_last, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
@@ -172,7 +218,7 @@ def fit(
             x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
             x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
             y = data.train_labels[idx]
-            with _autocast(device, cfg.bf16):
+            with _autocast(device, bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             objective = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
@@ -191,9 +237,9 @@ def fit(
         train_loss = losses.mean().item()
         train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
         train_seconds = time.perf_counter() - start
+        # Scored in float32 whatever the training precision, as the evaluate stage scores the final model.
         test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std,
-                                            channels_last=cfg.channels_last, bf16=cfg.bf16),
-                                    data.test_labels)
+                                            channels_last=channels_last), data.test_labels)
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
             "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],

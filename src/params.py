@@ -43,6 +43,12 @@ def get_key(params: Mapping[str, Any], key: str) -> Any:
 
 def checked(key: str, value: Any, kind: type) -> Any:
     """`value` if it is of `kind` (ints pass as floats, strings as paths); else a clear error."""
+    if hasattr(kind, "parse"):  # a choice such as engine.Switch (auto / true / false)
+        try:
+            return kind.parse(value)
+        except ValueError:
+            choices = ", ".join(member.value for member in kind)
+            raise UserError(f"params.yaml: {key} = {value!r} must be one of {choices}") from None
     is_bool = isinstance(value, bool)
     ok = {
         int: isinstance(value, int) and not is_bool,

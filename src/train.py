@@ -16,7 +16,7 @@ import typer
 from src import cli
 from src.checkpoint import save_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import TrainConfig, check_l1, fit, make_model, pick_device
+from src.engine import Switch, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig, Norm, count_parameters
 from src.params import get_key, load_params
@@ -71,8 +71,8 @@ def main(
     rotation: Annotated[float, typer.Option(help="Random rotation range, +- degrees.")],
     brightness: Annotated[float, typer.Option(help="Brightness jitter, +- fraction.")],
     contrast: Annotated[float, typer.Option(help="Contrast jitter, +- fraction.")],
-    channels_last: Annotated[bool, typer.Option(help="Use the channels-last memory format.")],
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")],
+    channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, not GN in bf16).")],
+    bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
     gn_groups: Annotated[int, typer.Option(help="Groups of GroupNorm (gn only).")],
@@ -96,7 +96,9 @@ def main(
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)
     n_params = count_parameters(model)
-    print(f"{variant}: {norm.upper()} model, {n_params} parameters, l1={l1}, device {dev}, "
+    fast_cl, fast_bf16 = resolve_fast_path(cfg, norm, dev)
+    print(f"{variant}: {norm.upper()} model, {n_params} parameters, l1={l1}, device {dev} "
+          f"({'bf16' if fast_bf16 else 'fp32'}{', channels-last' if fast_cl else ''}), "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images")
 
     from dvclive import Live
@@ -116,7 +118,8 @@ def main(
         seconds = time.perf_counter() - start
         live.summary.update({"params": n_params, "train_seconds": seconds})
         live.end()  # only a finished run is summarized
-        save_checkpoint(model_out, model, cfg, variant=variant, params=n_params, train_seconds=seconds)
+        save_checkpoint(model_out, model, cfg, variant=variant, params=n_params, train_seconds=seconds,
+                        device=str(dev), channels_last=fast_cl, bf16=fast_bf16)
     except BaseException:
         shutil.rmtree(live_dir, ignore_errors=True)  # a partial log must not pass for a finished run
         raise

@@ -41,11 +41,15 @@ def test_prints_a_ratio_for_each_mode(tiny_npz, capsys):
         assert r["train_img_s"] > 0 and math.isfinite(r["ratio"]) and r["eval_img_s"] > 0 and r["peak_mib"] > 0
     # The table: one line per mode with its images/s and its ratio to the DataLoader + PIL baseline.
     for mode in modes:
-        line = next((s for s in out.splitlines() if re.match(rf"gn\s+project {re.escape(mode)}\s", s)), None)
+        line = next((s for s in out.splitlines() if re.match(rf"gn\s+project {re.escape(mode)}[\s(]", s)), None)
         assert line is not None, f"no table row for {mode}:\n{out}"
         cells = line.split()
-        # cells: variant, "project", mode, batch, img/s, ratio, ...
-        assert re.fullmatch(r"\d+\.\d\d", cells[5]), f"no ratio in {line!r}"
+        # cells: variant, "project", mode [(what default resolved to)], batch, img/s, ratio, ...
+        ratio = cells[cells.index("128") + 2]
+        assert re.fullmatch(r"\d+\.\d\d", ratio), f"no ratio in {line!r}"
+    default = next(r for r in rows if r["mode"] == "default")["resolved"]
+    assert default in throughput.MODES and default != "default"
+    assert f"project default ({default})" in out
     assert re.search(r"gn\s+DataLoader\+PIL\s+64\s", out)
 
 
@@ -53,7 +57,7 @@ def test_a_mode_the_project_cannot_run_is_reported_not_fatal(tiny_npz, capsys, m
     real_fit = throughput.fit
 
     def fit(model, data, cfg, *args, **kwargs):
-        if cfg.channels_last:
+        if cfg.channels_last == "true":
             raise RuntimeError("view size is not compatible with input tensor's size and stride")
         return real_fit(model, data, cfg, *args, **kwargs)
 

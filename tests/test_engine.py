@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from src import engine
 from src.data import load_data
-from src.engine import NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device
+from src.engine import NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError
 from src.model import ModelConfig
 
@@ -73,3 +74,20 @@ def test_tiny_runs_and_channels_last_with_l1(dataset_file):
     cfg = TrainConfig(epochs=1, batch_size=64, pct_start=0.2, l1=1e-4, channels_last=True)
     history = fit(make_model(ModelConfig(norm="bn"), seed=1), data, cfg, CPU, progress=False)
     assert len(history) == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_fast_path_follows_the_benchmark(native, monkeypatch):
+    """auto: bf16 only on CPUs with native bf16; channels-last on the CPU except GN in bf16; neither on CUDA."""
+    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = TrainConfig()
+    assert resolve_fast_path(auto, "bn", cpu) == (True, native)
+    assert resolve_fast_path(auto, "ln", cpu) == (True, native)
+    assert resolve_fast_path(auto, "gn", cpu) == (not native, native)
+    assert resolve_fast_path(auto, "bn", cuda) == (False, False)
+    forced = TrainConfig(channels_last=True, bf16=False)  # YAML booleans
+    assert resolve_fast_path(forced, "gn", cuda) == (True, False)
+    assert TrainConfig(channels_last="auto", bf16="TRUE").bf16 == engine.Switch.true
+    with pytest.raises(ConfigError, match="train.bf16 must be auto, true or false"):
+        TrainConfig(bf16="fast")
