@@ -86,7 +86,11 @@ def check_l1(norm: str, l1: float) -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """`auto` means CUDA when present, else the CPU using one thread per physical core."""
+    """`auto` means CUDA when present, else the CPU using one thread per physical core.
+
+    Set OMP_NUM_THREADS to choose the CPU thread count yourself, e.g. 1 when several jobs share the cores
+    (torch's parallel loops stall when their threads outnumber the free cores).
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -97,7 +101,7 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cpu":
+    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(physical_cores())
     return device
 

@@ -91,3 +91,17 @@ def test_auto_fast_path_follows_the_benchmark(native, monkeypatch):
     assert TrainConfig(channels_last="auto", bf16="TRUE").bf16 == engine.Switch.true
     with pytest.raises(ConfigError, match="train.bf16 must be auto, true or false"):
         TrainConfig(bf16="fast")
+
+
+def test_omp_num_threads_wins_over_the_core_count(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        pick_device("cpu")
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        pick_device("cpu")
+        assert torch.get_num_threads() == engine.physical_cores()
+    finally:
+        torch.set_num_threads(before)
