@@ -52,6 +52,9 @@ class TrainConfig:
     rotation: float = 7.0  # degrees, U(-r, r)
     brightness: float = 0.1
     contrast: float = 0.1
+    translate: float = 0.0  # random shift, fraction of the image size, U(-t, t)
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # clip the gradients' global norm to this; 0 = off
     channels_last: Switch | bool | str = Switch.auto  # channels-last memory format; see resolve_fast_path
     bf16: Switch | bool | str = Switch.auto  # bfloat16 autocast; see resolve_fast_path
 
@@ -72,6 +75,9 @@ class TrainConfig:
             "rotation": (0 <= self.rotation <= 180, "in [0, 180] degrees"),
             "brightness": (0 <= self.brightness < 1, "in [0, 1)"),
             "contrast": (0 <= self.contrast < 1, "in [0, 1)"),
+            "translate": (0 <= self.translate < 0.5, "in [0, 0.5)"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "grad_clip": (self.grad_clip >= 0, ">= 0 (0 = off)"),
         }
         for name, (ok, allowed) in rules.items():
             if not ok:
@@ -219,15 +225,17 @@ def fit(
         checked = 0
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
+            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast, cfg.translate)
             x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
             y = data.train_labels[idx]
             with _autocast(device, bf16):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             objective = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
             opt.zero_grad(set_to_none=True)
             objective.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             losses[step] = loss.detach()

@@ -28,7 +28,8 @@ KEYS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "momentum": "train.momentum", "weight_decay": "train.weight_decay", "pct_start": "train.pct_start",
     "seed": "train.seed", "rotation": "train.rotation", "brightness": "train.brightness",
-    "contrast": "train.contrast", "channels_last": "train.channels_last", "bf16": "train.bf16",
+    "contrast": "train.contrast", "translate": "train.translate", "label_smoothing": "train.label_smoothing",
+    "grad_clip": "train.grad_clip", "channels_last": "train.channels_last", "bf16": "train.bf16",
     "device": "train.device", "width": "model.width", "gn_groups": "model.gn_groups",
     "dropout": "model.dropout",
 }
@@ -71,6 +72,9 @@ def main(
     rotation: Annotated[float, typer.Option(help="Random rotation range, +- degrees.")],
     brightness: Annotated[float, typer.Option(help="Brightness jitter, +- fraction.")],
     contrast: Annotated[float, typer.Option(help="Contrast jitter, +- fraction.")],
+    translate: Annotated[float, typer.Option(help="Random shift, +- fraction of the image size.")],
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy loss.")],
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradients' global norm to this (0: off).")],
     channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, not GN in bf16).")],
     bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
@@ -91,7 +95,8 @@ def main(
     model_cfg = ModelConfig(norm=norm, gn_groups=gn_groups, width=width, dropout=dropout)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       pct_start=pct_start, l1=l1, seed=seed, rotation=rotation, brightness=brightness,
-                      contrast=contrast, channels_last=channels_last, bf16=bf16)
+                      contrast=contrast, translate=translate, label_smoothing=label_smoothing, grad_clip=grad_clip,
+                      channels_last=channels_last, bf16=bf16)
     dev = pick_device(device)
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)

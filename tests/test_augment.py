@@ -35,3 +35,21 @@ def test_normalize_standardizes():
     mean, std = (x.float() / 255).mean().item(), (x.float() / 255).std().item()
     out = normalize(x, mean, std)
     assert abs(out.mean().item()) < 1e-3 and abs(out.std().item() - 1) < 1e-2
+
+
+def test_translate_shifts_each_image_within_its_range():
+    x = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 12:16, 12:16] = 255  # a bright square at the centre
+    out = augment(x, torch.Generator().manual_seed(0), rotation=0, brightness=0, contrast=0, translate=0.1)
+    cols = torch.arange(28.0)
+    centre_x = (out.sum(dim=(1, 2)) * cols).sum(1) / out.sum(dim=(1, 2, 3))
+    shift = centre_x - 13.5
+    assert shift.abs().max() <= 0.1 * 28 + 0.5  # within +-10% of the width
+    assert shift.abs().max() > 1 and shift.std() > 0.5  # images move, each by its own amount
+
+
+def test_no_translate_keeps_the_random_stream():
+    x = _batch()
+    a = augment(x, torch.Generator().manual_seed(5), 7, 0.1, 0.1)
+    b = augment(x, torch.Generator().manual_seed(5), 7, 0.1, 0.1, translate=0.0)
+    assert torch.equal(a, b)

@@ -1,7 +1,9 @@
 """Mean and std of each variant's metrics over DVC experiments (e.g. one per seed).
 
 Reads `dvc exp show --json` (the workspace's baseline commit and its
-experiments) and prints one row per variant:
+experiments) and prints one row per variant, one table per dataset
+(`download.dataset`), so that a Fashion-MNIST experiment is not averaged with
+MNIST seeds:
 
     dvc exp run -S train.seed=2 && dvc exp run -S train.seed=3
     python -m tools.seed_table
@@ -24,18 +26,21 @@ def runs(exp_show: list[dict]) -> list[dict]:
         for run in [baseline, *[e["revs"][0] for e in baseline.get("experiments") or []]]:
             data = (run.get("data") or {})
             files = data.get("metrics") or {}
-            seed = (data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {}).get("seed"))
+            params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+            seed = params.get("train", {}).get("seed")
+            dataset = params.get("download", {}).get("dataset", "mnist")
             per_variant = {path.split("/")[-1].removesuffix(".json"): f["data"] for path, f in files.items()
                            if "data" in f and path != "metrics/comparison.json"}
             if per_variant and run.get("rev") != "workspace":
-                found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "metrics": per_variant})
+                found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "dataset": dataset,
+                              "metrics": per_variant})
     return found
 
 
 def table(found: list[dict]) -> str:
     variants = sorted({v for r in found for v in r["metrics"]})
     names = ", ".join(f"{r['name']} (seed {r['seed']})" for r in found)
-    lines = [f"runs: {names}", "",
+    lines = [f"{found[0]['dataset']}, runs: {names}", "",
              "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for v in variants:
         cells = []
@@ -55,7 +60,8 @@ def main() -> None:
     found = runs(json.loads(out.stdout))
     if not found:
         sys.exit("error: no committed run or experiment with metrics; run `dvc exp run -S train.seed=N` first")
-    print(table(found))
+    datasets = dict.fromkeys(r["dataset"] for r in found)
+    print("\n\n".join(table([r for r in found if r["dataset"] == d]) for d in datasets))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ RECIPES = {
     "lr0.05_pct0.35": {"pct_start": 0.35},
     "lr0.03_mom0.95": {"lr": 0.03, "momentum": 0.95},
     "lr0.02_bs64_gn2": {"lr": 0.02, "batch_size": 64, "gn_groups": 2},
+    "trans0.1": {"translate": 0.1},
+    "trans0.05": {"translate": 0.05},
+    "ls0.1": {"label_smoothing": 0.1},
+    "clip1": {"grad_clip": 1.0},
+    "trans0.1_ls0.1_bs64": {"translate": 0.1, "label_smoothing": 0.1, "batch_size": 64},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout"}
 

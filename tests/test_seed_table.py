@@ -1,0 +1,30 @@
+"""tools/seed_table.py: mean +- std per variant over `dvc exp show --json`, one table per dataset."""
+
+from __future__ import annotations
+
+from tools.seed_table import runs, table
+
+
+def _run(rev: str, name: str | None, seed: int, dataset: str, acc: dict[str, float]) -> dict:
+    metrics = {f"metrics/{v}.json": {"data": {"label": v.upper(), "test_acc": a, "peak_test_acc": a,
+                                              "train_acc": 99.9, "gap": 99.9 - a, "seconds_per_epoch": 5.0}}
+               for v, a in acc.items()}
+    metrics["metrics/comparison.json"] = {"data": {"best_test_acc": "BN"}}
+    params = {"params.yaml": {"data": {"train": {"seed": seed}, "download": {"dataset": dataset}}}}
+    return {"rev": rev, "name": name, "data": {"metrics": metrics, "params": params}}
+
+
+def test_mean_and_std_per_variant_and_dataset():
+    exp_show = [
+        {"rev": "workspace", "data": {}},
+        {**_run("a" * 40, "main", 1, "mnist", {"bn": 99.5, "gn": 99.3}),
+         "experiments": [{"revs": [_run("b" * 40, "seed2", 2, "mnist", {"bn": 99.7, "gn": 99.5})]},
+                         {"revs": [_run("c" * 40, "fashion", 1, "fashion-mnist", {"bn": 91.0, "gn": 90.0})]}]},
+    ]
+    found = runs(exp_show)
+    assert [(r["name"], r["seed"], r["dataset"]) for r in found] == [
+        ("main", 1, "mnist"), ("seed2", 2, "mnist"), ("fashion", 1, "fashion-mnist")]
+    mnist = table([r for r in found if r["dataset"] == "mnist"])
+    assert "| BN | 99.60 ± 0.14 |" in mnist and "| GN | 99.40 ± 0.14 |" in mnist
+    assert "91.00" not in mnist  # the Fashion-MNIST run is not averaged in
+    assert table([found[2]]).startswith("fashion-mnist, runs: fashion (seed 1)")
