@@ -78,11 +78,11 @@ def test_tiny_runs_and_channels_last_with_l1(dataset_file):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_fast_path_follows_the_benchmark(native, monkeypatch):
-    """auto: bf16 only on CPUs with native bf16; channels-last on the CPU except GN in bf16; neither on CUDA."""
+    """auto: bf16 only on CPUs with native bf16; channels-last on the CPU for LN, and GN in fp32; neither on CUDA."""
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = TrainConfig()
-    assert resolve_fast_path(auto, "bn", cpu) == (True, native)
+    assert resolve_fast_path(auto, "bn", cpu) == (False, native)
     assert resolve_fast_path(auto, "ln", cpu) == (True, native)
     assert resolve_fast_path(auto, "gn", cpu) == (not native, native)
     assert resolve_fast_path(auto, "bn", cuda) == (False, False)
