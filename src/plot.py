@@ -66,8 +66,10 @@ def draw_misclassified(
         if item is None:
             continue
         ax.imshow(images[item["index"]], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"true {item['true']}, pred {item['predicted']}\n"
-                     f"conf {item['confidence'] * 100:.1f}%  #{item['index']}", fontsize=9)
+        labels = f"true {item['true']}, pred {item['predicted']}"
+        if len(labels) > 24:  # long class names (Fashion-MNIST): one line each, or they overlap
+            labels = f"true {item['true']}\npred {item['predicted']}"
+        ax.set_title(f"{labels}\nconf {item['confidence'] * 100:.1f}%  #{item['index']}", fontsize=9)
     return fig
 
 
