@@ -19,7 +19,9 @@ def test_mean_and_std_per_variant_and_dataset():
         {"rev": "workspace", "data": {}},
         {**_run("a" * 40, "main", 1, "mnist", {"bn": 99.5, "gn": 99.3}),
          "experiments": [{"revs": [_run("b" * 40, "seed2", 2, "mnist", {"bn": 99.7, "gn": 99.5})]},
-                         {"revs": [_run("c" * 40, "fashion", 1, "fashion-mnist", {"bn": 91.0, "gn": 90.0})]}]},
+                         {"revs": [_run("c" * 40, "fashion", 1, "fashion-mnist", {"bn": 91.0, "gn": 90.0})]},
+                         {"executor": {"state": "running"},  # shows its baseline's metrics until it ends
+                          "revs": [_run("d" * 40, "seed3", 3, "mnist", {"bn": 99.5, "gn": 99.3})]}]},
     ]
     found = runs(exp_show)
     assert [(r["name"], r["seed"], r["dataset"]) for r in found] == [

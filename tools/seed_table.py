@@ -23,7 +23,10 @@ def runs(exp_show: list[dict]) -> list[dict]:
     """Per run (the baseline commit and every experiment): {variant: metrics}, with its seed."""
     found = []
     for baseline in exp_show:
-        for run in [baseline, *[e["revs"][0] for e in baseline.get("experiments") or []]]:
+        # Queued, running or failed experiments show their baseline's metrics: leave them out.
+        done = [e["revs"][0] for e in baseline.get("experiments") or []
+                if (e.get("executor") or {}).get("state", "success") == "success"]
+        for run in [baseline, *done]:
             data = (run.get("data") or {})
             files = data.get("metrics") or {}
             params = data.get("params", {}).get("params.yaml", {}).get("data", {})
