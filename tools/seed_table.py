@@ -6,7 +6,8 @@ experiments) and prints one row per variant, one table per dataset
 MNIST seeds:
 
     dvc exp run -S train.seed=2 && dvc exp run -S train.seed=3
-    python -m tools.seed_table
+    python -m tools.seed_table                 # experiments of the current commit
+    python -m tools.seed_table --rev 34f9cd1   # ... of another commit (any `dvc exp show` options)
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def table(found: list[dict]) -> str:
 
 
 def main() -> None:
-    out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    # Extra arguments go to `dvc exp show`, e.g. `--rev <commit>` or `-n 3` for experiments of earlier commits.
+    out = subprocess.run(["dvc", "exp", "show", "--json", *sys.argv[1:]], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"error: dvc exp show failed: {out.stderr.strip()}")
     found = runs(json.loads(out.stdout))
