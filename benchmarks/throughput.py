@@ -169,12 +169,15 @@ def time_project(model_cfg: ModelConfig, cfg: TrainConfig, data: Data,
 
 def time_predict(model: torch.nn.Module, data: Data, cfg: TrainConfig, device: torch.device, n: int,
                  batch_size: int) -> float:
-    """Evaluation images per second of `predict` on the first `n` test images (already on `device`)."""
+    """Evaluation images per second of `predict` on the first `n` test images (already on `device`).
+
+    As in the pipeline, scoring is in float32 whatever the training precision, in the mode's memory format.
+    """
     images = data.test_images[:n]
+    channels_last, _ = resolve_fast_path(cfg, model.cfg.norm, device)
     _sync(device)
     start = time.perf_counter()
-    channels_last, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
-    predict(model, images, data.mean, data.std, batch_size, channels_last=channels_last, bf16=bf16)
+    predict(model, images, data.mean, data.std, batch_size, channels_last=channels_last)
     _sync(device)
     return len(images) / (time.perf_counter() - start)
 
