@@ -155,16 +155,16 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = 2000,
-            channels_last: bool = False, bf16: bool = False) -> torch.Tensor:
-    """Logits (N, 10) in float32 for uint8 images (N, 1, 28, 28), in evaluation mode."""
+            channels_last: bool = False) -> torch.Tensor:
+    """Logits (N, 10) for uint8 images (N, 1, 28, 28), in evaluation mode and float32 (whatever the training
+    precision: scores are read from the full-precision model)."""
     model.eval()
     device = next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device), mean, std).contiguous(memory_format=fmt)
-        with _autocast(device, bf16):
-            out.append(model(x).float())
+        out.append(model(x))
     return torch.cat(out)
 
 
@@ -250,7 +250,6 @@ def fit(
         train_loss = losses.mean().item()
         train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
         train_seconds = time.perf_counter() - start
-        # Scored in float32 whatever the training precision, as the evaluate stage scores the final model.
         test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std,
                                             channels_last=channels_last), data.test_labels)
         row = {
