@@ -24,12 +24,15 @@ IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # 0x00000803 (ubyte, 3 dims), 0x00000801 
 SIDE = 28
 NUM_CLASSES = 10
 DATASET_FILE = Path("data/dataset.npz")
-READ_HINT = "download the file again (or point NORMCMP_DATA_DIR at a good copy)"
 
 
-def read_idx(path: str | Path, magic: int, hint: str = READ_HINT) -> np.ndarray:
-    """Read a gzip-compressed IDX file of unsigned bytes, checking its header against the payload."""
+def read_idx(path: str | Path, magic: int, folder_env: str = "NORMCMP_DATA_DIR") -> np.ndarray:
+    """Read a gzip-compressed IDX file of unsigned bytes, checking its header against the payload.
+
+    `folder_env` is the variable that names the dataset's local folder, for the hint on a damaged file.
+    """
     path = Path(path)
+    hint = f"download the file again (or point {folder_env} at a good copy)"
     try:
         raw = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
@@ -57,11 +60,11 @@ def read_idx(path: str | Path, magic: int, hint: str = READ_HINT) -> np.ndarray:
 
 
 def read_split(
-    images_path: str | Path, labels_path: str | Path, hint: str = READ_HINT
+    images_path: str | Path, labels_path: str | Path, folder_env: str = "NORMCMP_DATA_DIR"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate one split: images (N, 28, 28) uint8 and labels (N,) in 0..9; `hint` for damaged files."""
-    images = read_idx(images_path, IMAGE_MAGIC, hint)
-    labels = read_idx(labels_path, LABEL_MAGIC, hint)
+    """Read and validate one split: images (N, 28, 28) uint8 and labels (N,) in 0..9 (see `read_idx`)."""
+    images = read_idx(images_path, IMAGE_MAGIC, folder_env)
+    labels = read_idx(labels_path, LABEL_MAGIC, folder_env)
     if images.shape[1:] != (SIDE, SIDE):
         raise UserError(f"{images_path}: images are {images.shape[1:]} pixels, expected ({SIDE}, {SIDE})")
     if len(images) == 0:

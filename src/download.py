@@ -115,14 +115,13 @@ def main(
         raise UserError(f"params.yaml: download.dataset = {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
     local = os.environ.get(spec.local_dir_env)
-    hint = f"download the file again (or point {spec.local_dir_env} at a good copy)"
     with tempfile.TemporaryDirectory() as tmp:
         paths = local_files(local, spec.local_dir_env) if local else download_files(dataset, Path(tmp))
         source = f"{spec.local_dir_env}={Path(local).resolve()}" if local else "the torchvision download"
         print(f"reading {dataset} from {source}")
-        train_x, train_y = read_split(paths["train_images"], paths["train_labels"], hint)
+        train_x, train_y = read_split(paths["train_images"], paths["train_labels"], spec.local_dir_env)
         check_identity(dataset, train_x, source)
-        test_x, test_y = read_split(paths["test_images"], paths["test_labels"], hint)
+        test_x, test_y = read_split(paths["test_images"], paths["test_labels"], spec.local_dir_env)
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
     stats = save_data(out, arrays, spec.classes)
     summary = {"dataset": dataset, "train": len(train_x), "test": len(test_x), **stats}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -149,10 +148,6 @@ def make_model(cfg: ModelConfig, seed: int) -> Net:
     return Net(cfg)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = 2000,
             channels_last: bool = False) -> torch.Tensor:
@@ -229,7 +224,7 @@ def fit(
             x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast, cfg.translate)
             x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
             y = data.train_labels[idx]
-            with _autocast(device, bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             objective = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
