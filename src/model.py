@@ -30,25 +30,34 @@ class ModelConfig:
     gn_groups: int = 4
     width: int = 16  # channels of the wide 3x3 convolutions
     dropout: float = 0.0
+    weight_std: bool = False  # weight standardization of the convolutions before each norm
+    transition: bool = True  # 1x1 convolution halving the channels after the pool
 
     def __post_init__(self) -> None:
         norm = Norm(self.norm).value  # ValueError on an unknown norm
         object.__setattr__(self, "norm", norm)
-        for c in channel_plan(self.width):
+        plan = channel_plan(self.width, self.transition)
+        for c in plan:
             if norm == "gn" and c % self.gn_groups:
                 raise ValueError(
                     f"gn_groups={self.gn_groups} does not divide the channel count {c}; "
-                    f"choose a divisor of {sorted(set(channel_plan(self.width)))}"
+                    f"choose a divisor of {sorted(set(plan))}"
                 )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def channel_plan(width: int) -> list[int]:
-    """Output channels of each convolution, in order (the 1x1 transition halves the width)."""
+def channel_plan(width: int, transition: bool = True) -> list[int]:
+    """Output channels of each convolution, in order.
+
+    With the transition, the 1x1 convolution after the pool halves the width; without it, the block
+    before the pool is 3/4 as wide, which pays for a 3x3 convolution straight after the pool.
+    """
     half = width // 2
-    return [half, width, half, width, width, width, width]
+    if transition:
+        return [half, width, half, width, width, width, width]
+    return [half, 3 * width // 4, width, width, width, width]
 
 
 def norm_layer(norm: str, channels: int, gn_groups: int) -> nn.Module:
@@ -59,12 +68,23 @@ def norm_layer(norm: str, channels: int, gn_groups: int) -> nn.Module:
     return nn.GroupNorm(1, channels)  # layer norm over (C, H, W)
 
 
+class StdConv2d(nn.Conv2d):
+    """Conv2d with weight standardization (Qiao et al., 2019): each filter is used with zero mean and unit
+    variance, which smooths the loss landscape for batch-independent norms (GN, LN). No extra parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
+        return self._conv_forward(x, (w - mean) * torch.rsqrt(var + 1e-5), self.bias)
+
+
 class ConvBlock(nn.Sequential):
     """conv -> norm -> ReLU -> dropout."""
 
     def __init__(self, cin: int, cout: int, k: int, cfg: ModelConfig, padding: int = 0) -> None:
+        conv = StdConv2d if cfg.weight_std else nn.Conv2d
         super().__init__(
-            nn.Conv2d(cin, cout, k, padding=padding, bias=False),  # the norm's shift is the bias
+            conv(cin, cout, k, padding=padding, bias=False),  # the norm's shift is the bias
             norm_layer(cfg.norm, cout, cfg.gn_groups),
             nn.ReLU(inplace=True),
             nn.Dropout2d(cfg.dropout) if cfg.dropout else nn.Identity(),
@@ -77,13 +97,19 @@ class Net(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
-        c1, c2, t, c3, c4, c5, c6 = channel_plan(cfg.width)
+        plan = channel_plan(cfg.width, cfg.transition)
+        c1, c2 = plan[:2]
+        if cfg.transition:
+            t, c3, c4, c5, c6 = plan[2:]
+            after_pool = [ConvBlock(c2, t, 1, cfg), ConvBlock(t, c3, 3, cfg)]  # (B, t, 12, 12) -> (B, c3, 10, 10)
+        else:
+            c3, c4, c5, c6 = plan[2:]
+            after_pool = [ConvBlock(c2, c3, 3, cfg)]  # (B, c3, 10, 10)
         self.features = nn.Sequential(
             ConvBlock(1, c1, 3, cfg),  # (B, c1, 26, 26)
             ConvBlock(c1, c2, 3, cfg),  # (B, c2, 24, 24)
             nn.MaxPool2d(2),  # (B, c2, 12, 12)
-            ConvBlock(c2, t, 1, cfg),  # (B, t, 12, 12): cheap channel mixing
-            ConvBlock(t, c3, 3, cfg),  # (B, c3, 10, 10)
+            *after_pool,
             ConvBlock(c3, c4, 3, cfg),  # (B, c4, 8, 8)
             ConvBlock(c4, c5, 3, cfg),  # (B, c5, 6, 6)
             ConvBlock(c5, c6, 3, cfg, padding=1),  # (B, c6, 6, 6)

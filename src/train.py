@@ -31,7 +31,8 @@ KEYS = {
     "contrast": "train.contrast", "translate": "train.translate", "label_smoothing": "train.label_smoothing",
     "grad_clip": "train.grad_clip", "channels_last": "train.channels_last", "bf16": "train.bf16",
     "device": "train.device", "width": "model.width", "gn_groups": "model.gn_groups",
-    "dropout": "model.dropout",
+    "dropout": "model.dropout", "weight_std": "model.weight_std",
+    "transition": "model.transition",
 }
 
 
@@ -81,6 +82,8 @@ def main(
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
     gn_groups: Annotated[int, typer.Option(help="Groups of GroupNorm (gn only).")],
     dropout: Annotated[float, typer.Option(help="Dropout2d rate after each block.")],
+    weight_std: Annotated[bool, typer.Option(help="Weight standardization of the convolutions.")],
+    transition: Annotated[bool, typer.Option(help="1x1 convolution halving the channels after the pool.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     model_out: Annotated[Path | None, typer.Option(help="Model file. [default: models/<variant>.pt]")] = None,
     live_dir: Annotated[Path | None, typer.Option(help="DVCLive folder. [default: dvclive/<variant>]")] = None,
@@ -92,7 +95,8 @@ def main(
     if norm not in {n.value for n in Norm}:
         raise ConfigError(f"variants.{variant}.norm = {norm!r} is unknown; choose bn, gn or ln")
     check_l1(norm, l1)
-    model_cfg = ModelConfig(norm=norm, gn_groups=gn_groups, width=width, dropout=dropout)
+    model_cfg = ModelConfig(norm=norm, gn_groups=gn_groups, width=width, dropout=dropout, weight_std=weight_std,
+                            transition=transition)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       pct_start=pct_start, l1=l1, seed=seed, rotation=rotation, brightness=brightness,
                       contrast=contrast, translate=translate, label_smoothing=label_smoothing, grad_clip=grad_clip,

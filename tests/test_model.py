@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from src.model import ModelConfig, Net, count_parameters, norm_layer
+from src.model import ModelConfig, Net, StdConv2d, count_parameters, norm_layer
 
 
+@pytest.mark.parametrize("transition", [True, False])
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
-def test_output_shape_and_size(norm):
-    model = Net(ModelConfig(norm=norm))
+def test_output_shape_and_size(norm, transition):
+    model = Net(ModelConfig(norm=norm, transition=transition))
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert count_parameters(model) < 10_000
 
@@ -54,3 +55,25 @@ def test_unknown_norm_and_bad_groups_are_refused():
         ModelConfig(norm="in")
     with pytest.raises(ValueError, match="gn_groups=3 does not divide"):
         ModelConfig(norm="gn", gn_groups=3)
+
+
+def test_weight_standardization_adds_no_parameters():
+    for norm in ("bn", "gn", "ln"):
+        plain, std = (count_parameters(Net(ModelConfig(norm=norm, weight_std=ws))) for ws in (False, True))
+        assert plain == std
+
+
+def test_standardized_convolutions_ignore_each_filters_scale_and_offset():
+    torch.manual_seed(0)
+    model = Net(ModelConfig(norm="gn", weight_std=True)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    before = model(x)
+    with torch.no_grad():
+        for conv in (m for m in model.features.modules() if isinstance(m, StdConv2d)):
+            scale = torch.rand(conv.out_channels, 1, 1, 1) * 3 + 0.5
+            conv.weight.mul_(scale).add_(torch.randn(conv.out_channels, 1, 1, 1))
+    # equal up to the epsilon under the square root (1e-5, against filter variances of ~1e-3)
+    torch.testing.assert_close(model(x), before, atol=2e-3, rtol=0)
+    plain = Net(ModelConfig(norm="gn")).eval()
+    plain.load_state_dict(model.state_dict())
+    assert (plain(x) - before).abs().max() > 0.1  # without it, the rescaled weights change the output

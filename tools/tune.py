@@ -44,8 +44,13 @@ RECIPES = {
     "ls0.1": {"label_smoothing": 0.1},
     "clip1": {"grad_clip": 1.0},
     "trans0.1_ls0.1_bs64": {"translate": 0.1, "label_smoothing": 0.1, "batch_size": 64},
+    "ls0.1_clip1": {"label_smoothing": 0.1, "grad_clip": 1.0},
+    "ws": {"weight_std": True},
+    "ws_ls0.1_clip1": {"weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0},
+    "ws_ls0.1_clip1_notrans": {"weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0, "transition": False},
+    "ws_notrans": {"weight_std": True, "transition": False},
 }
-MODEL_KEYS = {"width", "gn_groups", "dropout"}
+MODEL_KEYS = {"width", "gn_groups", "dropout", "weight_std", "transition"}
 
 
 def run_one(job: dict) -> dict:
@@ -84,14 +89,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--val", type=int, default=10000, help="training images held out for validation")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=2, help="how many seeds per recipe and variant")
+    ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--variants", default="bn_l1,gn,ln")
     args = ap.parse_args()
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [{"recipe": r, "variant": v, "seed": s, "epochs": args.epochs, "val": args.val,
              "device": args.device, "data": args.data}
-            for s, r, v in itertools.product(range(1, args.seeds + 1), args.recipes.split(","),
-                                             args.variants.split(","))]
+            for s, r, v in itertools.product(seeds, args.recipes.split(","), args.variants.split(","))]
     with mp.get_context("spawn").Pool(args.workers) as pool, open(args.out, "a") as f:
         for result in pool.imap_unordered(run_one, jobs):
             f.write(json.dumps(result) + "\n")
