@@ -6,7 +6,8 @@ round by round:
 * baseline: an MNIST dataset served by torchvision's own `MNIST.__getitem__`
   (PIL image, then RandomRotation, ColorJitter, ToTensor, Normalize) through a
   `DataLoader` with batch size 64 and default workers, feeding the same model,
-  SGD optimizer, one-cycle schedule and L1 penalty as the pipeline, in float32;
+  SGD optimizer, one-cycle schedule, loss (label smoothing, L1 penalty) and
+  gradient clipping as the pipeline, in float32;
 * the project: `src.engine.fit` itself, exactly as the train stages run it
   (tensors resident on the device, batched `src.augment.augment`), on a subset
   of `--steps` batches for one epoch, timed by the `epoch_seconds` it reports
@@ -130,11 +131,13 @@ def time_baseline(model_cfg: ModelConfig, cfg: TrainConfig, loader: DataLoader, 
             images, start = 0, time.perf_counter()
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         if cfg.l1:
             loss = loss + cfg.l1 * sum(p.abs().sum() for p in params)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         images += len(x)

@@ -120,16 +120,16 @@ def native_bf16_cpu() -> bool:
 def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tuple[bool, bool]:
     """(channels_last, bf16) for training `norm` on `device`, deciding each `auto` setting.
 
-    The choices follow `python -m benchmarks.throughput` on a 2-core Xeon with AMX (2 threads):
-    bf16 autocast makes a step 1.2-1.4x faster on a CPU with native bfloat16 (elsewhere it is emulated
-    and slower). Channels-last helps the GroupNorm-based models (GN in float32: 1.13x; LN: 1.29x, and
-    1.19x more on top of bf16) but not BN (0.99x in float32, 0.93x with bf16), and PyTorch's GroupNorm
-    kernel for more than one group in channels-last bf16 is twice as slow. On a GPU this small model is
-    bound by kernel launches and both options made it slower, so `auto` turns them off there.
+    The choices follow `python -m benchmarks.throughput` on a 2-core Xeon with AMX (2 threads), default
+    model: bf16 autocast makes a step 1.3x faster on a CPU with native bfloat16 (elsewhere it is emulated
+    and slower). Channels-last helps the GroupNorm-based models in float32 only (GN 1.20x, LN 1.29x); with
+    bf16 plain NCHW is faster for every norm (LN 0.92x, GN 0.47x, BN 0.56x in channels-last: PyTorch's
+    channels-last kernels are slow for the 12-channel layer and for GroupNorm in bf16). On a GPU this
+    small model is bound by kernel launches and both options made it slower, so `auto` turns them off there.
     """
     on_cpu = device.type == "cpu"
     bf16 = on_cpu and native_bf16_cpu() if cfg.bf16 == Switch.auto else cfg.bf16 == Switch.true
-    helps = norm == "ln" or (norm == "gn" and not bf16)
+    helps = norm in ("gn", "ln") and not bf16
     channels_last = on_cpu and helps if cfg.channels_last == Switch.auto else cfg.channels_last == Switch.true
     return channels_last, bf16
 

@@ -76,7 +76,7 @@ def main(
     translate: Annotated[float, typer.Option(help="Random shift, +- fraction of the image size.")],
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy loss.")],
     grad_clip: Annotated[float, typer.Option(help="Clip the gradients' global norm to this (0: off).")],
-    channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, LN and fp32 GN).")],
+    channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, GN and LN in fp32).")],
     bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],

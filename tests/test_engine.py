@@ -83,7 +83,7 @@ def test_auto_fast_path_follows_the_benchmark(native, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = TrainConfig()
     assert resolve_fast_path(auto, "bn", cpu) == (False, native)
-    assert resolve_fast_path(auto, "ln", cpu) == (True, native)
+    assert resolve_fast_path(auto, "ln", cpu) == (not native, native)
     assert resolve_fast_path(auto, "gn", cpu) == (not native, native)
     assert resolve_fast_path(auto, "bn", cuda) == (False, False)
     forced = TrainConfig(channels_last=True, bf16=False)  # YAML booleans

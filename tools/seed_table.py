@@ -59,7 +59,9 @@ def table(found: list[dict]) -> str:
 
 def main() -> None:
     # Extra arguments go to `dvc exp show`, e.g. `--rev <commit>` or `-n 3` for experiments of earlier commits.
-    out = subprocess.run(["dvc", "exp", "show", "--json", *sys.argv[1:]], capture_output=True, text=True)
+    # The dvc of this interpreter, so that it runs without the virtual environment on PATH.
+    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", *sys.argv[1:]],
+                         capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"error: dvc exp show failed: {out.stderr.strip()}")
     found = runs(json.loads(out.stdout))
