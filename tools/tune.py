@@ -18,7 +18,10 @@ import multiprocessing as mp
 import time
 from dataclasses import replace
 
-# Recipes to compare, as changes to params.yaml's train/model settings.
+# The model and loss settings of the default before the third sweep.
+PREV = {"weight_std": False, "transition": True, "label_smoothing": 0.0, "grad_clip": 0.0}
+# Recipes to compare, as changes to params.yaml's train/model settings (the first two sweeps changed the
+# params.yaml of their day, whose model and loss settings were PREV's).
 RECIPES = {
     "base": {},
     "lr0.1": {"lr": 0.1},
@@ -44,11 +47,13 @@ RECIPES = {
     "ls0.1": {"label_smoothing": 0.1},
     "clip1": {"grad_clip": 1.0},
     "trans0.1_ls0.1_bs64": {"translate": 0.1, "label_smoothing": 0.1, "batch_size": 64},
-    "ls0.1_clip1": {"label_smoothing": 0.1, "grad_clip": 1.0},
-    "ws": {"weight_std": True},
-    "ws_ls0.1_clip1": {"weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0},
+    # Third sweep, spelled out in full so that it means the same whatever params.yaml now holds:
+    # `prev` is the default before it, `base` (params.yaml as it is) its winner.
+    "prev": PREV,
+    "prev_ws": {**PREV, "weight_std": True},
+    "prev_ls0.1_clip1": {**PREV, "label_smoothing": 0.1, "grad_clip": 1.0},
+    "prev_ws_ls0.1_clip1": {**PREV, "weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0},
     "ws_ls0.1_clip1_notrans": {"weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0, "transition": False},
-    "ws_notrans": {"weight_std": True, "transition": False},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout", "weight_std", "transition"}
 
