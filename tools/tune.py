@@ -53,7 +53,6 @@ RECIPES = {
     "prev_ws": {**PREV, "weight_std": True},
     "prev_ls0.1_clip1": {**PREV, "label_smoothing": 0.1, "grad_clip": 1.0},
     "prev_ws_ls0.1_clip1": {**PREV, "weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0},
-    "ws_ls0.1_clip1_notrans": {"weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0, "transition": False},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout", "weight_std", "transition"}
 
