@@ -6,8 +6,8 @@ round by round:
 * baseline: an MNIST dataset served by torchvision's own `MNIST.__getitem__`
   (PIL image, then RandomRotation, ColorJitter, ToTensor, Normalize) through a
   `DataLoader` with batch size 64 and default workers, feeding the same model,
-  SGD optimizer, one-cycle schedule, loss (label smoothing, L1 penalty) and
-  gradient clipping as the pipeline, in float32;
+  optimizer and schedule (`src.engine.make_optimizer`) and update
+  (`src.engine.train_step`: loss, L1 penalty, clipping) as the pipeline, in float32;
 * the project: `src.engine.fit` itself, exactly as the train stages run it
   (tensors resident on the device, batched `src.augment.augment`), on a subset
   of `--steps` batches for one epoch, timed by the `epoch_seconds` it reports
@@ -39,7 +39,6 @@ from pathlib import Path
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import MNIST
@@ -51,10 +50,12 @@ from src.engine import (
     TrainConfig,
     fit,
     make_model,
+    make_optimizer,
     physical_cores,
     pick_device,
     predict,
     resolve_fast_path,
+    train_step,
 )
 from src.errors import ConfigError, UserError, debug_enabled
 from src.model import ModelConfig
@@ -117,11 +118,7 @@ def time_baseline(model_cfg: ModelConfig, cfg: TrainConfig, loader: DataLoader, 
     """Training images per second of the usual loop over `loader`, after `warmup` untimed steps."""
     model = make_model(model_cfg, cfg.seed).to(device)
     params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
-    total = one_cycle_steps(warmup + steps, cfg.pct_start)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
-                                                cycle_momentum=False)
+    opt, sched = make_optimizer(params, cfg, warmup + steps)
     model.train()
     batches = _forever(loader)
     images, start = 0, time.perf_counter()
@@ -131,15 +128,7 @@ def time_baseline(model_cfg: ModelConfig, cfg: TrainConfig, loader: DataLoader, 
             images, start = 0, time.perf_counter()
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-        if cfg.l1:
-            loss = loss + cfg.l1 * sum(p.abs().sum() for p in params)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
+        train_step(model(x), y, params, opt, sched, cfg)  # the pipeline's loss and update
         images += len(x)
     _sync(device)
     return images / (time.perf_counter() - start)

@@ -11,6 +11,7 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from src.augment import augment, normalize, standardize
@@ -54,6 +55,7 @@ class TrainConfig:
     translate: float = 0.0  # random shift, fraction of the image size, U(-t, t)
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # clip the gradients' global norm to this; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step; 0 = off
     channels_last: Switch | bool | str = Switch.auto  # channels-last memory format; see resolve_fast_path
     bf16: Switch | bool | str = Switch.auto  # bfloat16 autocast; see resolve_fast_path
 
@@ -77,6 +79,7 @@ class TrainConfig:
             "translate": (0 <= self.translate < 0.5, "in [0, 0.5)"),
             "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
             "grad_clip": (self.grad_clip >= 0, ">= 0 (0 = off)"),
+            "ema": (0 <= self.ema < 1, "in [0, 1) (0 = off)"),
         }
         for name, (ok, allowed) in rules.items():
             if not ok:
@@ -170,6 +173,33 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return loss, acc
 
 
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
+                   total_steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """SGD (Nesterov momentum) and its one-cycle learning-rate schedule over `total_steps` steps."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay)
+    # OneCycleLR divides by (pct_start * total - 1) and by its complement: keep both from zero on tiny runs.
+    pct_start = min(max(cfg.pct_start, 1.5 / total_steps), 0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
+                                                cycle_momentum=False)
+    return opt, sched
+
+
+def train_step(logits: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter], opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig) -> torch.Tensor:
+    """One update from a batch's logits: label-smoothed cross-entropy plus the L1 penalty on `params`,
+    backward, gradient clipping, the optimizer's and the schedule's step. Returns the cross-entropy (no L1)."""
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    objective = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
+    opt.zero_grad(set_to_none=True)
+    objective.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    sched.step()
+    return loss
+
+
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: training cannot recover, so it stops at once."""
 
@@ -186,7 +216,9 @@ def fit(
 
     Data must already be on `device`. Each epoch visits the training set in a
     fresh random order (the last partial batch is dropped) with fresh
-    augmentation, then scores the un-augmented test set.
+    augmentation, then scores the un-augmented test set. With `cfg.ema`, the
+    test scores are those of the weights' moving average (BatchNorm statistics
+    averaged alike), which `model` holds when `fit` returns.
     """
     check_l1(model.cfg.norm, cfg.l1)
     n = len(data.train_images)
@@ -200,13 +232,9 @@ def fit(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps
-    # OneCycleLR divides by (pct_start * total - 1) and by its complement: keep both from zero on tiny runs.
-    pct_start = min(max(cfg.pct_start, 1.5 / total), 0.9)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct_start,
-                                                cycle_momentum=False)
+    # The average starts as a copy of the model; `torch._foreach_lerp_` updates it in place every step.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
     check_every = 10 if device.type == "cpu" else 50
     history = []
@@ -226,14 +254,9 @@ def fit(
             y = data.train_labels[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            objective = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            loss = train_step(logits, y, params, opt, sched, cfg)
+            if ema is not None:
+                ema.update_parameters(model)
             losses[step] = loss.detach()
             correct += (logits.argmax(1) == y).sum()
             if (step + 1) % check_every == 0 or step + 1 == steps:
@@ -245,7 +268,8 @@ def fit(
         train_loss = losses.mean().item()
         train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
         train_seconds = time.perf_counter() - start
-        test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std,
+        scored = model if ema is None else ema.module
+        test_loss, test_acc = score(predict(scored, data.test_images, data.mean, data.std,
                                             channels_last=channels_last), data.test_labels)
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
@@ -259,6 +283,8 @@ def fit(
                   flush=True)
         if on_epoch:
             on_epoch(row)
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return history
 
 

@@ -29,7 +29,7 @@ KEYS = {
     "momentum": "train.momentum", "weight_decay": "train.weight_decay", "pct_start": "train.pct_start",
     "seed": "train.seed", "rotation": "train.rotation", "brightness": "train.brightness",
     "contrast": "train.contrast", "translate": "train.translate", "label_smoothing": "train.label_smoothing",
-    "grad_clip": "train.grad_clip", "channels_last": "train.channels_last", "bf16": "train.bf16",
+    "grad_clip": "train.grad_clip", "ema": "train.ema", "channels_last": "train.channels_last", "bf16": "train.bf16",
     "device": "train.device", "width": "model.width", "gn_groups": "model.gn_groups",
     "dropout": "model.dropout", "weight_std": "model.weight_std",
     "transition": "model.transition",
@@ -76,6 +76,7 @@ def main(
     translate: Annotated[float, typer.Option(help="Random shift, +- fraction of the image size.")],
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy loss.")],
     grad_clip: Annotated[float, typer.Option(help="Clip the gradients' global norm to this (0: off).")],
+    ema: Annotated[float, typer.Option(help="Decay of the weights' moving average, scored and saved (0: off).")],
     channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, GN and LN in fp32).")],
     bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
@@ -100,7 +101,7 @@ def main(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       pct_start=pct_start, l1=l1, seed=seed, rotation=rotation, brightness=brightness,
                       contrast=contrast, translate=translate, label_smoothing=label_smoothing, grad_clip=grad_clip,
-                      channels_last=channels_last, bf16=bf16)
+                      ema=ema, channels_last=channels_last, bf16=bf16)
     dev = pick_device(device)
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)

@@ -45,6 +45,38 @@ def test_l1_changes_training(dataset_file):
     assert l1(penalized) < l1(plain)
 
 
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_ema_is_what_is_scored_and_kept(dataset_file, norm):
+    data = load_data(dataset_file)
+    plain, _ = _fit(dataset_file, norm=norm)
+    averaged, history = _fit(dataset_file, norm=norm, ema=0.9)
+    # The average trails the trained weights, so the model handed back differs from plain training ...
+    assert not torch.equal(averaged.features[0][0].weight, plain.features[0][0].weight)
+    if norm == "bn":  # ... BatchNorm's running statistics included
+        assert not torch.equal(averaged.features[0][1].running_mean, plain.features[0][1].running_mean)
+    # ... and it is the model whose test score the last epoch reports.
+    logits = engine.predict(averaged, data.test_images, data.mean, data.std)
+    assert engine.score(logits, data.test_labels) == (history[-1]["test_loss"], history[-1]["test_acc"])
+
+
+def test_train_step_adds_the_l1_term_to_the_gradient():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    grads = {}
+    for l1 in (0.0, 0.5):
+        with torch.no_grad():
+            model.weight.fill_(0.1)
+            model.bias.fill_(-0.1)
+        params, cfg = list(model.parameters()), TrainConfig(lr=1e-9, l1=l1)
+        opt, sched = engine.make_optimizer(params, cfg, total_steps=10)
+        loss = engine.train_step(model(x), y, params, opt, sched, cfg)
+        assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(model(x), y).item(), rel=1e-5)
+        grads[l1] = model.weight.grad.clone()
+    # d/dw of 0.5 * |w| is 0.5 * sign(w) = 0.5 for every (positive) weight
+    torch.testing.assert_close(grads[0.5] - grads[0.0], torch.full_like(grads[0.0], 0.5))
+
+
 def test_exploding_loss_stops_with_epoch_and_step(dataset_file):
     with pytest.raises(NonFiniteLoss, match=r"at epoch 1, step \d+; no model was saved"):
         _fit(dataset_file, lr=1e12, pct_start=0.01)

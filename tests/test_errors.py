@@ -61,6 +61,7 @@ def set_param(key: str, value) -> None:
     ("train.bf16", "fast", "params.yaml: train.bf16 = 'fast' must be one of auto, true, false"),
     ("train.translate", 0.6, "train.translate must be in [0, 0.5) (got 0.6)"),
     ("train.grad_clip", -1.0, "train.grad_clip must be >= 0 (0 = off) (got -1.0)"),
+    ("train.ema", 1.0, "train.ema must be in [0, 1) (0 = off) (got 1.0)"),
 ])
 def test_bad_training_parameters(workdir, capsys, key, value, message):
     set_param(key, value)

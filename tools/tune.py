@@ -53,6 +53,13 @@ RECIPES = {
     "prev_ws": {**PREV, "weight_std": True},
     "prev_ls0.1_clip1": {**PREV, "label_smoothing": 0.1, "grad_clip": 1.0},
     "prev_ws_ls0.1_clip1": {**PREV, "weight_std": True, "label_smoothing": 0.1, "grad_clip": 1.0},
+    # Fourth sweep (GPU), on the default of the third.
+    "ema0.999": {"ema": 0.999},
+    "ema0.9995": {"ema": 0.9995},
+    "rot10_trans0.05": {"rotation": 10.0, "translate": 0.05},
+    "wd1e-4": {"weight_decay": 1e-4},
+    "ls0.2": {"label_smoothing": 0.2},
+    "gn2": {"gn_groups": 2},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout", "weight_std", "transition"}
 
