@@ -30,3 +30,16 @@ def test_mean_and_std_per_variant_and_dataset():
     assert "| BN | 99.60 ± 0.14 |" in mnist and "| GN | 99.40 ± 0.14 |" in mnist
     assert "91.00" not in mnist  # the Fashion-MNIST run is not averaged in
     assert table([found[2]]).startswith("fashion-mnist, runs: fashion (seed 1)")
+
+
+def test_a_run_recorded_at_two_commits_counts_once():
+    same = {"bn": 99.5, "gn": 99.3}
+    exp_show = [
+        {**_run("a" * 40, None, 1, "mnist", same),
+         "experiments": [{"revs": [_run("b" * 40, "seed2", 2, "mnist", {"bn": 99.7, "gn": 99.5})]}]},
+        {**_run("c" * 40, None, 1, "mnist", same),  # a later commit, same committed metrics
+         "experiments": [{"revs": [_run("d" * 40, "seed3", 3, "mnist", {"bn": 99.3, "gn": 99.1})]}]},
+        _run("e" * 40, None, 1, "mnist", {"bn": 99.0, "gn": 99.0}),  # seed 1 again, but another run
+    ]
+    assert [(r["name"], r["seed"]) for r in runs(exp_show)] == [
+        ("aaaaaaa", 1), ("seed2", 2), ("seed3", 3), ("eeeeeee", 1)]

@@ -8,6 +8,10 @@ MNIST seeds:
     dvc exp run -S train.seed=2 && dvc exp run -S train.seed=3
     python -m tools.seed_table                 # experiments of the current commit
     python -m tools.seed_table --rev 34f9cd1   # ... of another commit (any `dvc exp show` options)
+    python -m tools.seed_table --rev 19b80f4 --rev cd3231d   # seeds run from two commits of one recipe
+
+A run that appears more than once (two baseline commits carrying the same
+committed metrics) is counted once.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def runs(exp_show: list[dict]) -> list[dict]:
             dataset = params.get("download", {}).get("dataset", "mnist")
             per_variant = {path.split("/")[-1].removesuffix(".json"): f["data"] for path, f in files.items()
                            if "data" in f and path != "metrics/comparison.json"}
-            if per_variant and run.get("rev") != "workspace":
+            seen = [(r["seed"], r["dataset"], r["metrics"]) for r in found]
+            if per_variant and run.get("rev") != "workspace" and (seed, dataset, per_variant) not in seen:
                 found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "dataset": dataset,
                               "metrics": per_variant})
     return found
