@@ -93,12 +93,15 @@ def check_l1(norm: str, l1: float) -> None:
         raise ConfigError(f"l1 = {l1} is only allowed with norm 'bn'; set l1 to 0 for norm '{norm}'")
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` means CUDA when present, else the CPU using one thread per physical core.
+def pick_device(name: str = "auto", threads: int | str = "auto") -> torch.device:
+    """`auto` means CUDA when present, else the CPU.
 
-    Set OMP_NUM_THREADS to choose the CPU thread count yourself, e.g. 1 when several jobs share the cores
-    (torch's parallel loops stall when their threads outnumber the free cores).
+    On the CPU, torch uses `threads` threads; with `auto`, OMP_NUM_THREADS if set, else one per physical
+    core. Fewer threads suit jobs that share the cores (torch's parallel loops stall when their threads
+    outnumber the free cores); a fixed number makes bf16 results comparable between machines of one kind
+    with different core counts (the thread count decides the order of the sums).
     """
+    count = parse_threads(threads)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -109,9 +112,18 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(physical_cores())
+    if device.type == "cpu" and (count or not os.environ.get("OMP_NUM_THREADS")):
+        torch.set_num_threads(count or physical_cores())
     return device
+
+
+def parse_threads(value: int | str) -> int | None:
+    """`train.threads`: None for `auto`, else the positive thread count it names."""
+    if str(value).strip().lower() == "auto":
+        return None
+    if not isinstance(value, bool) and str(value).strip().isdigit() and int(value) >= 1:
+        return int(value)
+    raise ConfigError(f"train.threads must be auto or a positive integer (got {value!r})")
 
 
 def native_bf16_cpu() -> bool:

@@ -25,7 +25,8 @@ from src.files import write_csv, write_json
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
-KEYS = {"batch_size": "evaluate.batch_size", "device": "train.device"}  # option -> params.yaml key
+# option -> params.yaml key
+KEYS = {"batch_size": "evaluate.batch_size", "device": "train.device", "threads": "train.threads"}
 CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr", "epoch_seconds")
 
 
@@ -95,6 +96,7 @@ def _rounded(d: dict) -> dict:
 def main(
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
+    threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     models: Annotated[Path, typer.Option(help="Folder of the trained models.")] = Path("models"),
     live: Annotated[Path, typer.Option(help="Folder of the DVCLive logs.")] = Path("dvclive"),
@@ -105,7 +107,7 @@ def main(
     if batch_size < 1:
         raise UserError(f"evaluate.batch_size must be >= 1 (got {batch_size})")
     variants = get_key(load_params(), "variants")
-    dev = pick_device(device)
+    dev = pick_device(device, threads)
     dataset = load_data(data).to(dev)
     labels = dataset.test_labels.cpu()
     # Check every input before writing any output.

@@ -42,7 +42,8 @@ def get_key(params: Mapping[str, Any], key: str) -> Any:
 
 
 def checked(key: str, value: Any, kind: type) -> Any:
-    """`value` if it is of `kind` (ints pass as floats, strings as paths); else a clear error."""
+    """`value` if it is of `kind` (ints pass as floats and as strings, such as `train.threads: 2` for an option
+    that also takes `auto`; strings pass as paths); else a clear error."""
     if hasattr(kind, "parse"):  # a choice such as engine.Switch (auto / true / false)
         try:
             return kind.parse(value)
@@ -54,6 +55,7 @@ def checked(key: str, value: Any, kind: type) -> Any:
         int: isinstance(value, int) and not is_bool,
         float: isinstance(value, (int, float)) and not is_bool,
         bool: is_bool,
+        str: isinstance(value, str) or (isinstance(value, int) and not is_bool),
     }.get(kind, isinstance(value, str))
     if not ok:
         raise UserError(f"params.yaml: {key} = {value!r} must be {_KINDS.get(kind, kind.__name__)}")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from src import cli
@@ -30,7 +31,7 @@ KEYS = {
     "seed": "train.seed", "rotation": "train.rotation", "brightness": "train.brightness",
     "contrast": "train.contrast", "translate": "train.translate", "label_smoothing": "train.label_smoothing",
     "grad_clip": "train.grad_clip", "ema": "train.ema", "channels_last": "train.channels_last", "bf16": "train.bf16",
-    "device": "train.device", "width": "model.width", "gn_groups": "model.gn_groups",
+    "device": "train.device", "threads": "train.threads", "width": "model.width", "gn_groups": "model.gn_groups",
     "dropout": "model.dropout", "weight_std": "model.weight_std",
     "transition": "model.transition",
 }
@@ -53,7 +54,7 @@ def variant_configs(params: dict, variant: str) -> tuple[ModelConfig, TrainConfi
     spec = get_key(params, f"variants.{variant}")
     check_l1(spec["norm"], spec["l1"])
     model_cfg = ModelConfig(norm=spec["norm"], **get_key(params, "model"))
-    train = {k: v for k, v in get_key(params, "train").items() if k != "device"}
+    train = {k: v for k, v in get_key(params, "train").items() if k not in ("device", "threads")}
     return model_cfg, TrainConfig(**train, l1=spec["l1"])
 
 
@@ -80,6 +81,7 @@ def main(
     channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, GN and LN in fp32).")],
     bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
+    threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
     gn_groups: Annotated[int, typer.Option(help="Groups of GroupNorm (gn only).")],
     dropout: Annotated[float, typer.Option(help="Dropout2d rate after each block.")],
@@ -102,13 +104,15 @@ def main(
                       pct_start=pct_start, l1=l1, seed=seed, rotation=rotation, brightness=brightness,
                       contrast=contrast, translate=translate, label_smoothing=label_smoothing, grad_clip=grad_clip,
                       ema=ema, channels_last=channels_last, bf16=bf16)
-    dev = pick_device(device)
+    dev = pick_device(device, threads)
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)
     n_params = count_parameters(model)
     fast_cl, fast_bf16 = resolve_fast_path(cfg, norm, dev)
+    cpu_threads = torch.get_num_threads() if dev.type == "cpu" else None
     print(f"{variant}: {norm.upper()} model, {n_params} parameters, l1={l1}, device {dev} "
-          f"({'bf16' if fast_bf16 else 'fp32'}{', channels-last' if fast_cl else ''}), "
+          f"({'bf16' if fast_bf16 else 'fp32'}{', channels-last' if fast_cl else ''}"
+          f"{f', {cpu_threads} threads' if cpu_threads else ''}), "
           f"{len(dataset.train_images)} train / {len(dataset.test_images)} test images")
 
     from dvclive import Live
@@ -129,7 +133,7 @@ def main(
         live.summary.update({"params": n_params, "train_seconds": seconds})
         live.end()  # only a finished run is summarized
         save_checkpoint(model_out, model, cfg, variant=variant, params=n_params, train_seconds=seconds,
-                        device=str(dev), channels_last=fast_cl, bf16=fast_bf16)
+                        device=str(dev), threads=cpu_threads, channels_last=fast_cl, bf16=fast_bf16)
     except BaseException:
         shutil.rmtree(live_dir, ignore_errors=True)  # a partial log must not pass for a finished run
         raise

@@ -4,8 +4,9 @@ import torch
 from src import engine
 from src.data import load_data
 from src.engine import NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
-from src.errors import ConfigError
+from src.errors import ConfigError, UserError
 from src.model import ModelConfig
+from src.params import checked
 
 CPU = torch.device("cpu")
 
@@ -137,3 +138,22 @@ def test_omp_num_threads_wins_over_the_core_count(monkeypatch):
         assert torch.get_num_threads() == engine.physical_cores()
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_threads_wins_over_omp_num_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        pick_device("cpu", threads="3")  # as typer passes it
+        assert torch.get_num_threads() == 3
+        pick_device("cpu", threads=1)  # as YAML gives it
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -2, "many", "1.5", True):
+        with pytest.raises(ConfigError, match="train.threads must be auto or a positive integer"):
+            pick_device("cpu", threads=bad)
+    # params.yaml may write the count as a YAML integer: it reaches the (string) option as "2"
+    assert checked("train.threads", 2, str) == "2"
+    with pytest.raises(UserError, match="train.threads = True must be a string"):
+        checked("train.threads", True, str)

@@ -56,6 +56,7 @@ def set_param(key: str, value) -> None:
     ("train.lr", -0.1, "train.lr must be > 0 (got -0.1)"),
     ("variants.bn_l1.l1", -1.0, "variants.<variant>.l1 must be >= 0"),
     ("train.device", "tpu", "train.device = 'tpu' is unknown"),
+    ("train.threads", 0, "train.threads must be auto or a positive integer (got '0')"),
     ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
     ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
     ("train.bf16", "fast", "params.yaml: train.bf16 = 'fast' must be one of auto, true, false"),
