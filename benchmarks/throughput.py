@@ -108,11 +108,6 @@ def _forever(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def one_cycle_steps(n: int, pct_start: float) -> int:
-    """`n`, or `n + 1` where OneCycleLR over `n` steps would divide by zero (`n * pct_start == 1`)."""
-    return n + 1 if float(pct_start * n) - 1 == 0 else n
-
-
 def time_baseline(model_cfg: ModelConfig, cfg: TrainConfig, loader: DataLoader, device: torch.device,
                   steps: int, warmup: int) -> float:
     """Training images per second of the usual loop over `loader`, after `warmup` untimed steps."""
@@ -245,7 +240,7 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
 
     # fit over a subset of whole batches: one epoch = the timed steps (n_test only keeps its evaluation short).
     n_test = min(cfg.batch_size, len(data.test_images))
-    fit_data = data.subset(n_train=one_cycle_steps(args.steps, cfg.pct_start) * cfg.batch_size, n_test=n_test)
+    fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
     configs = {mode: cfg if cl is None else replace(cfg, channels_last=cl, bf16=bf)
                for mode, (cl, bf) in MODES.items() if mode in args.modes}
 
@@ -259,8 +254,7 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
         print(f"  {variant} {name}: failed ({runs[name].error})", flush=True)
 
     # Warm-up of the project's path in every mode: allocator, kernels, autocast caches.
-    warm_data = data.subset(n_train=one_cycle_steps(max(args.warmup, 1), cfg.pct_start) * cfg.batch_size,
-                            n_test=n_test)
+    warm_data = data.subset(n_train=max(args.warmup, 1) * cfg.batch_size, n_test=n_test)
     for name, mode_cfg in configs.items():
         try:
             _, model = time_project(model_cfg, mode_cfg, warm_data, device)
@@ -450,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                                                                                   len(data.test_images))
     first = variant_configs(params, variants[0])[1]
     batch_size = first.batch_size
-    if one_cycle_steps(args.steps, first.pct_start) * batch_size > len(data.train_images):
+    if args.steps * batch_size > len(data.train_images):
         raise ConfigError(f"--steps {args.steps} x batch size {batch_size} exceeds the "
                           f"{len(data.train_images)} training images of {args.data}")
     data = data.to(device)
