@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -41,7 +43,9 @@ def _variant_defaults(ctx: typer.Context, variant: str) -> str:
     """Eager callback: the variant's norm and L1 factor become the defaults of --norm and --l1."""
     if ctx.resilient_parsing:
         return variant
-    variants = get_key(load_params(), "variants")
+    params = load_params()
+    check_settings(params)
+    variants = get_key(params, "variants")
     if variant not in variants:
         raise UserError(f"unknown variant {variant!r}; params.yaml variants are: {', '.join(variants)}")
     ctx.default_map = {**(ctx.default_map or {}),
@@ -49,17 +53,38 @@ def _variant_defaults(ctx: typer.Context, variant: str) -> str:
     return variant
 
 
+def make_configs(norm: str, l1: float, settings: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """One variant's model and training configs: its norm and L1 factor plus the shared `settings` (the keys of
+    params.yaml's `model` and `train` sections, or the stage's options of the same names); other keys, such as
+    the device, the thread count and file paths, are not part of the configs and are left out."""
+    check_l1(norm, l1)
+    model = {f.name: settings[f.name] for f in fields(ModelConfig) if f.name in settings and f.name != "norm"}
+    train = {f.name: settings[f.name] for f in fields(TrainConfig) if f.name in settings and f.name != "l1"}
+    return ModelConfig(norm=norm, **model), TrainConfig(l1=l1, **train)
+
+
+def check_settings(params: Mapping[str, Any]) -> None:
+    """A clear error for a key of params.yaml's `model` or `train` section that no setting reads (a typo would
+    otherwise leave the default in force unnoticed)."""
+    sections = {"model": {f.name for f in fields(ModelConfig)} - {"norm"},
+                "train": ({f.name for f in fields(TrainConfig)} - {"l1"}) | {"device", "threads"}}
+    for section, known in sections.items():
+        for key in get_key(params, section):
+            if key not in known:
+                raise UserError(f"params.yaml: unknown key '{section}.{key}'",
+                                hint=f"the {section} settings are: {', '.join(sorted(known))}")
+
+
 def variant_configs(params: dict, variant: str) -> tuple[ModelConfig, TrainConfig]:
     """The model and training configs of `variant` exactly as `params.yaml` defines them."""
+    check_settings(params)
     spec = get_key(params, f"variants.{variant}")
-    check_l1(spec["norm"], spec["l1"])
-    model_cfg = ModelConfig(norm=spec["norm"], **get_key(params, "model"))
-    train = {k: v for k, v in get_key(params, "train").items() if k not in ("device", "threads")}
-    return model_cfg, TrainConfig(**train, l1=spec["l1"])
+    return make_configs(spec["norm"], spec["l1"], {**get_key(params, "model"), **get_key(params, "train")})
 
 
 @app.command()
 def main(
+    ctx: typer.Context,
     variant: Annotated[str, typer.Argument(help="Variant to train: a key of `variants` in params.yaml.",
                                            is_eager=True, callback=_variant_defaults)],
     norm: Annotated[str, typer.Option(help="Normalization: bn, gn or ln. [default: variants.<variant>.norm]")],
@@ -97,13 +122,7 @@ def main(
     live_dir = live_dir or Path(f"dvclive/{variant}")
     if norm not in {n.value for n in Norm}:
         raise ConfigError(f"variants.{variant}.norm = {norm!r} is unknown; choose bn, gn or ln")
-    check_l1(norm, l1)
-    model_cfg = ModelConfig(norm=norm, gn_groups=gn_groups, width=width, dropout=dropout, weight_std=weight_std,
-                            transition=transition)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                      pct_start=pct_start, l1=l1, seed=seed, rotation=rotation, brightness=brightness,
-                      contrast=contrast, translate=translate, label_smoothing=label_smoothing, grad_clip=grad_clip,
-                      ema=ema, channels_last=channels_last, bf16=bf16)
+    model_cfg, cfg = make_configs(norm, l1, ctx.params)
     dev = pick_device(device, threads)
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)

@@ -63,12 +63,30 @@ def set_param(key: str, value) -> None:
     ("train.translate", 0.6, "train.translate must be in [0, 0.5) (got 0.6)"),
     ("train.grad_clip", -1.0, "train.grad_clip must be >= 0 (0 = off) (got -1.0)"),
     ("train.ema", 1.0, "train.ema must be in [0, 1) (0 = off) (got 1.0)"),
+    ("train.lr_peak", 0.1, "params.yaml: unknown key 'train.lr_peak'"),
+    ("model.widht", 24, "params.yaml: unknown key 'model.widht'"),
 ])
 def test_bad_training_parameters(workdir, capsys, key, value, message):
     set_param(key, value)
     assert run("train", "bn_l1" if "bn_l1" in key else "gn") == 1
     assert message in error_line(capsys)
     assert not Path("models").exists() and not Path("dvclive").exists()
+
+
+@pytest.mark.parametrize("variant", ["bn_l1", "ln"])
+def test_the_stage_trains_what_params_yaml_defines(workdir, variant):
+    """The train stage (options defaulting from params.yaml) and `variant_configs` (the notebook's and the
+    tools' way in) build the same configs; a command-line option overrides its setting."""
+    from src.engine import TrainConfig
+    from src.params import load_params
+
+    assert run("train", variant, "--no-progress", "--rotation", "3") == 0
+    ckpt = torch.load(f"models/{variant}.pt", weights_only=True)
+    model_cfg, cfg = train.variant_configs(load_params(), variant)
+    assert ckpt["model"] == model_cfg.to_dict()
+    saved = TrainConfig(**ckpt["train"])
+    assert saved.rotation == 3 != cfg.rotation
+    assert TrainConfig(**{**ckpt["train"], "rotation": cfg.rotation}) == cfg  # all else as params.yaml says
 
 
 def test_unknown_variant_and_broken_params_file(workdir, capsys):
