@@ -60,6 +60,9 @@ RECIPES = {
     "wd1e-4": {"weight_decay": 1e-4},
     "ls0.2": {"label_smoothing": 0.2},
     "gn2": {"gn_groups": 2},
+    # Fifth sweep: a capacity probe over the 10k limit (21,994 parameters); bn_l1 and ln only, since
+    # GroupNorm's 4 groups do not divide its 18 channels.
+    "w24": {"width": 24},
 }
 MODEL_KEYS = {"width", "gn_groups", "dropout", "weight_std", "transition"}
 
