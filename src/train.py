@@ -122,7 +122,7 @@ def main(
     live_dir = live_dir or Path(f"dvclive/{variant}")
     if norm not in {n.value for n in Norm}:
         raise ConfigError(f"variants.{variant}.norm = {norm!r} is unknown; choose bn, gn or ln")
-    model_cfg, cfg = make_configs(norm, l1, ctx.params)
+    model_cfg, cfg = make_configs(norm, l1, ctx.params)  # the options named like config fields, by name
     dev = pick_device(device, threads)
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)
