@@ -79,6 +79,14 @@ def compare(summary: dict[str, dict]) -> dict[str, str]:
             "most_overfit": pick(max, "gap")}
 
 
+def error_overlap(preds: list[torch.Tensor], labels: torch.Tensor) -> dict[str, int]:
+    """How many test images every model gets wrong, and how many at least one does: when the first is much
+    smaller than each model's own count, the models fail on different images (run-to-run variance) rather
+    than on digits none of them can read."""
+    wrong = torch.stack([pred != labels for pred in preds])
+    return {"errors_shared_by_all": int(wrong.all(0).sum()), "errors_in_any": int(wrong.any(0).sum())}
+
+
 def load_variant(variant: str, norm: str, path: Path):
     """The trained model of `variant`; an error if the file holds another norm."""
     model, ckpt = load_checkpoint(path, stage=f"train_{variant}")
@@ -113,7 +121,7 @@ def main(
     # Check every input before writing any output.
     histories = {v: read_history(live / v) for v in variants}
     loaded = {v: load_variant(v, spec["norm"], models / f"{v}.pt") for v, spec in variants.items()}
-    summary, per_class = {}, {}
+    summary, per_class, preds = {}, {}, []
     for v, spec in variants.items():
         model, ckpt = loaded[v]
         r = score_model(model.to(dev), dataset, batch_size)
@@ -132,6 +140,7 @@ def main(
         })
         write_json(metrics / f"{v}.json", summary[v])
         per_class[v] = per_class_accuracy(r["pred"], labels, len(dataset.classes))
+        preds.append(r["pred"])
         write_csv(plots / "confusion" / f"{v}.csv", ["actual", "predicted"],
                   [(dataset.classes[a], dataset.classes[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())])
         write_json(plots / "misclassified" / f"{v}.json", misclassified(r["pred"], r["conf"], labels, dataset.classes))
@@ -144,10 +153,11 @@ def main(
         write_csv(plots / "curves" / f"{name.replace('/', '_')}.csv", columns, rows)
     write_csv(plots / "per_class_accuracy.csv", ["class", *columns[1:]],
               [[name, *(round(per_class[v][c], 2) for v in variants)] for c, name in enumerate(dataset.classes)])
-    comparison = compare(summary)
+    comparison = {**compare(summary), **error_overlap(preds, labels)}
     write_json(metrics / "comparison.json", comparison)
     print(f"best test accuracy: {comparison['best_test_acc']}; least overfitting: {comparison['least_overfit']}; "
-          f"most overfitting: {comparison['most_overfit']}")
+          f"most overfitting: {comparison['most_overfit']}; test images wrong in every model: "
+          f"{comparison['errors_shared_by_all']}, in at least one: {comparison['errors_in_any']}")
 
 
 if __name__ == "__main__":

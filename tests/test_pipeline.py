@@ -55,7 +55,13 @@ def test_dvc_repro_end_to_end(tmp_path):
         m = files[f"metrics/{v}.json"]["data"]
         assert {"train_acc", "test_acc", "train_loss", "test_loss", "params", "train_seconds"} <= set(m)
         assert m["params"] < 10_000
-    assert set(files["metrics/comparison.json"]["data"]) == {"best_test_acc", "least_overfit", "most_overfit"}
+    comparison = files["metrics/comparison.json"]["data"]
+    assert set(comparison) == {"best_test_acc", "least_overfit", "most_overfit", "errors_shared_by_all",
+                               "errors_in_any"}
+    wrong = [{m["index"] for m in json.loads((repo / f"plots/misclassified/{v}.json").read_text())}
+             for v in ("bn_l1", "gn", "ln")]
+    assert comparison["errors_shared_by_all"] == len(set.intersection(*wrong))
+    assert comparison["errors_in_any"] == len(set.union(*wrong)) >= max(map(len, wrong))
 
     sh("dvc", "plots", "show", "-o", "html", cwd=repo, env=env)
     html = (repo / "html" / "index.html").read_text()
