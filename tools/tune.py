@@ -16,7 +16,7 @@ import itertools
 import json
 import multiprocessing as mp
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 # The model and loss settings of the default before the third sweep.
 PREV = {"weight_std": False, "transition": True, "label_smoothing": 0.0, "grad_clip": 0.0}
@@ -64,7 +64,6 @@ RECIPES = {
     # GroupNorm's 4 groups do not divide its 18 channels.
     "w24": {"width": 24},
 }
-MODEL_KEYS = {"width", "gn_groups", "dropout", "weight_std", "transition"}
 
 
 def run_one(job: dict) -> dict:
@@ -77,8 +76,9 @@ def run_one(job: dict) -> dict:
 
     model_cfg, cfg = variant_configs(load_params(), job["variant"])  # as params.yaml defines the variant
     changes = RECIPES[job["recipe"]]
-    model_cfg = replace(model_cfg, **{k: v for k, v in changes.items() if k in MODEL_KEYS})
-    cfg = replace(cfg, **{k: v for k, v in changes.items() if k not in MODEL_KEYS},
+    model_keys = {f.name for f in fields(model_cfg)}  # the rest are training settings
+    model_cfg = replace(model_cfg, **{k: v for k, v in changes.items() if k in model_keys})
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if k not in model_keys},
                   seed=job["seed"], epochs=job["epochs"])
     device = pick_device(job["device"])
     torch.set_num_threads(1)  # one thread per worker: several workers share the cores
