@@ -26,17 +26,12 @@ from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
 
-# Options read from params.yaml: option name -> key.
-KEYS = {
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-    "momentum": "train.momentum", "weight_decay": "train.weight_decay", "pct_start": "train.pct_start",
-    "seed": "train.seed", "rotation": "train.rotation", "brightness": "train.brightness",
-    "contrast": "train.contrast", "translate": "train.translate", "label_smoothing": "train.label_smoothing",
-    "grad_clip": "train.grad_clip", "ema": "train.ema", "channels_last": "train.channels_last", "bf16": "train.bf16",
-    "device": "train.device", "threads": "train.threads", "width": "model.width", "gn_groups": "model.gn_groups",
-    "dropout": "model.dropout", "weight_std": "model.weight_std",
-    "transition": "model.transition",
-}
+# The settings of params.yaml's `model` and `train` sections: every config field but the variant's own norm and
+# L1 factor, plus where and how to run.
+SETTINGS = {"model": [f.name for f in fields(ModelConfig) if f.name != "norm"],
+            "train": [f.name for f in fields(TrainConfig) if f.name != "l1"] + ["device", "threads"]}
+# Options read from params.yaml (each setting is an option of the same name): option name -> key.
+KEYS = {name: f"{section}.{name}" for section, names in SETTINGS.items() for name in names}
 
 
 def _variant_defaults(ctx: typer.Context, variant: str) -> str:
@@ -66,9 +61,7 @@ def make_configs(norm: str, l1: float, settings: Mapping[str, Any]) -> tuple[Mod
 def check_settings(params: Mapping[str, Any]) -> None:
     """A clear error for a key of params.yaml's `model` or `train` section that no setting reads (a typo would
     otherwise leave the default in force unnoticed)."""
-    sections = {"model": {f.name for f in fields(ModelConfig)} - {"norm"},
-                "train": ({f.name for f in fields(TrainConfig)} - {"l1"}) | {"device", "threads"}}
-    for section, known in sections.items():
+    for section, known in SETTINGS.items():
         for key in get_key(params, section):
             if key not in known:
                 raise UserError(f"params.yaml: unknown key '{section}.{key}'",
