@@ -63,6 +63,8 @@ RECIPES = {
     # Fifth sweep: a capacity probe over the 10k limit (21,994 parameters); bn_l1 and ln only, since
     # GroupNorm's 4 groups do not divide its 18 channels.
     "w24": {"width": 24},
+    # Sixth sweep (GPU), on the default.
+    "drop0.05": {"dropout": 0.05},
 }
 
 
