@@ -26,10 +26,11 @@ from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
 
-# The settings of params.yaml's `model` and `train` sections: every config field but the variant's own norm and
-# L1 factor, plus where and how to run.
-SETTINGS = {"model": [f.name for f in fields(ModelConfig) if f.name != "norm"],
-            "train": [f.name for f in fields(TrainConfig) if f.name != "l1"] + ["device", "threads"]}
+# The config fields that params.yaml's `model` and `train` sections set: all but the variant's own norm and L1.
+MODEL_FIELDS = [f.name for f in fields(ModelConfig) if f.name != "norm"]
+TRAIN_FIELDS = [f.name for f in fields(TrainConfig) if f.name != "l1"]
+# The settings of those sections: the config fields plus where and how to run.
+SETTINGS = {"model": MODEL_FIELDS, "train": TRAIN_FIELDS + ["device", "threads"]}
 # Options read from params.yaml (each setting is an option of the same name): option name -> key.
 KEYS = {name: f"{section}.{name}" for section, names in SETTINGS.items() for name in names}
 
@@ -53,8 +54,8 @@ def make_configs(norm: str, l1: float, settings: Mapping[str, Any]) -> tuple[Mod
     params.yaml's `model` and `train` sections, or the stage's options of the same names); other keys, such as
     the device, the thread count and file paths, are not part of the configs and are left out."""
     check_l1(norm, l1)
-    model = {f.name: settings[f.name] for f in fields(ModelConfig) if f.name in settings and f.name != "norm"}
-    train = {f.name: settings[f.name] for f in fields(TrainConfig) if f.name in settings and f.name != "l1"}
+    model = {k: settings[k] for k in MODEL_FIELDS if k in settings}
+    train = {k: settings[k] for k in TRAIN_FIELDS if k in settings}
     return ModelConfig(norm=norm, **model), TrainConfig(l1=l1, **train)
 
 

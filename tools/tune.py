@@ -16,7 +16,7 @@ import itertools
 import json
 import multiprocessing as mp
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 
 # The model and loss settings of the default before the third sweep.
 PREV = {"weight_std": False, "transition": True, "label_smoothing": 0.0, "grad_clip": 0.0}
@@ -74,13 +74,12 @@ def run_one(job: dict) -> dict:
     from src.data import load_data
     from src.engine import fit, make_model, pick_device
     from src.params import load_params
-    from src.train import variant_configs
+    from src.train import MODEL_FIELDS, variant_configs
 
     model_cfg, cfg = variant_configs(load_params(), job["variant"])  # as params.yaml defines the variant
     changes = RECIPES[job["recipe"]]
-    model_keys = {f.name for f in fields(model_cfg)}  # the rest are training settings
-    model_cfg = replace(model_cfg, **{k: v for k, v in changes.items() if k in model_keys})
-    cfg = replace(cfg, **{k: v for k, v in changes.items() if k not in model_keys},
+    model_cfg = replace(model_cfg, **{k: v for k, v in changes.items() if k in MODEL_FIELDS})
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if k not in MODEL_FIELDS},  # training settings
                   seed=job["seed"], epochs=job["epochs"])
     device = pick_device(job["device"])
     torch.set_num_threads(1)  # one thread per worker: several workers share the cores
