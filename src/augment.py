@@ -34,14 +34,12 @@ def augment(
     rotation: float,
     brightness: float,
     contrast: float,
-    translate: float = 0.0,
 ) -> torch.Tensor:
-    """Randomly jitter brightness and contrast, then rotate and shift; uint8 (B, 1, H, W) -> float in [0, 1].
+    """Randomly jitter brightness and contrast, then rotate; uint8 (B, 1, H, W) -> float in [0, 1].
 
     Brightness scales pixels by U(1-b, 1+b) and contrast blends each image with its
     mean grey by U(1-c, 1+c), as torchvision's ColorJitter does; rotation is
-    U(-r, r) degrees about the centre and the shift U(-t, t) times the width and the
-    height (torchvision's RandomAffine `translate`), with a black fill; all in one resampling.
+    U(-r, r) degrees about the centre with a black fill (torchvision's RandomRotation), bilinear.
     """
     x = images.float() / 255.0  # (B, 1, H, W)
     b, device = x.shape[0], x.device
@@ -50,12 +48,10 @@ def augment(
     if contrast:
         grey = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - grey) * (1 + _uniform(b, contrast, gen, device)).view(b, 1, 1, 1) + grey).clamp_(0, 1)
-    if rotation or translate:
-        angle = _uniform(b, math.radians(rotation), gen, device) if rotation else torch.zeros(b, device=device)
-        # affine_grid's coordinates span [-1, 1]: a shift of t image widths is 2t there.
-        dx, dy = _uniform(2 * b, 2 * translate, gen, device).view(2, b) if translate else (torch.zeros_like(angle),) * 2
-        cos, sin = angle.cos(), angle.sin()
-        theta = torch.stack([cos, -sin, dx, sin, cos, dy], dim=1).view(b, 2, 3)
+    if rotation:
+        angle = _uniform(b, math.radians(rotation), gen, device)
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+        theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(b, 2, 3)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return x

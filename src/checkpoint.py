@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import asdict
 from enum import Enum
@@ -16,12 +17,17 @@ from src.model import ModelConfig, Net
 
 
 def save_checkpoint(path: str | Path, model: Net, train_cfg: TrainConfig, **meta: object) -> None:
-    """Save weights, model and training configs and `meta` (plain values) to `path`, atomically."""
+    """Save weights, model and training configs and `meta` (plain values) to `path`, atomically; the same model
+    and values give the same bytes."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     train = {k: v.value if isinstance(v, Enum) else v for k, v in asdict(train_cfg).items()}  # plain values only
     payload = {"model": model.cfg.to_dict(), "train": train, "state_dict": state, **meta}
+    # Saved through a buffer: torch.save names the archive inside the file after the path it writes to, and the
+    # temporary path is random, so saving to it directly would give different bytes for the same model.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, stage: str = "the train stages") -> tuple[Net, dict]:

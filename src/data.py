@@ -93,6 +93,22 @@ class Data:
         move = {k: getattr(self, k).to(device) for k in ("train_images", "train_labels", "test_images", "test_labels")}
         return replace(self, **move)
 
+    def holdout(self, n: int) -> Data:
+        """The validation split: train on all but the last `n` training images, which replace the test set (so
+        that tuning never sees the test images); the pixel statistics are recomputed on the images kept."""
+        if n == 0:
+            return self
+        if not 0 < n < len(self.train_images):
+            raise UserError(f"train.validation = {n} must be below the {len(self.train_images)} training images",
+                            hint="hold out fewer images, or 0 to score the test set")
+        kept = self.train_images[:-n].double() / 255.0
+        return replace(
+            self,
+            train_images=self.train_images[:-n], train_labels=self.train_labels[:-n],
+            test_images=self.train_images[-n:], test_labels=self.train_labels[-n:],
+            mean=float(kept.mean()), std=float(kept.std(correction=0)),
+        )
+
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> Data:
         """The first `n_train` / `n_test` examples: for quick runs and tests."""
         return replace(

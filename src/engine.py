@@ -11,7 +11,6 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from src.augment import augment, normalize, standardize
@@ -39,7 +38,8 @@ class Switch(str, Enum):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimizer, schedule and augmentation settings (`params.yaml` section `train`)."""
+    """Optimizer, schedule, augmentation and data-split settings (`params.yaml` section `train`); the defaults
+are the shipped recipe."""
 
     epochs: int = 20
     batch_size: int = 128
@@ -52,10 +52,9 @@ class TrainConfig:
     rotation: float = 7.0  # degrees, U(-r, r)
     brightness: float = 0.1
     contrast: float = 0.1
-    translate: float = 0.0  # random shift, fraction of the image size, U(-t, t)
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # clip the gradients' global norm to this; 0 = off
-    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step; 0 = off
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0  # clip the gradients' global norm to this; 0 = off
+    validation: int = 0  # hold out the last N training images and score them instead of the test set; 0 = off
     channels_last: Switch | bool | str = Switch.auto  # channels-last memory format; see resolve_fast_path
     bf16: Switch | bool | str = Switch.auto  # bfloat16 autocast; see resolve_fast_path
 
@@ -76,15 +75,19 @@ class TrainConfig:
             "rotation": (0 <= self.rotation <= 180, "in [0, 180] degrees"),
             "brightness": (0 <= self.brightness < 1, "in [0, 1)"),
             "contrast": (0 <= self.contrast < 1, "in [0, 1)"),
-            "translate": (0 <= self.translate < 0.5, "in [0, 0.5)"),
             "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
             "grad_clip": (self.grad_clip >= 0, ">= 0 (0 = off)"),
-            "ema": (0 <= self.ema < 1, "in [0, 1) (0 = off)"),
+            "validation": (self.validation >= 0, ">= 0 (0 = score the test set)"),
         }
         for name, (ok, allowed) in rules.items():
             if not ok:
                 key = "variants.<variant>.l1" if name == "l1" else f"train.{name}"
                 raise ConfigError(f"{key} must be {allowed} (got {getattr(self, name)!r})")
+
+    @property
+    def split(self) -> str:
+        """What the per-epoch and final scores are measured on: `test`, or `validation` for a tuning run."""
+        return "validation" if self.validation else "test"
 
 
 def check_l1(norm: str, l1: float) -> None:
@@ -228,11 +231,11 @@ def fit(
 
     Data must already be on `device`. Each epoch visits the training set in a
     fresh random order (the last partial batch is dropped) with fresh
-    augmentation, then scores the un-augmented test set. With `cfg.ema`, the
-    test scores are those of the weights' moving average (BatchNorm statistics
-    averaged alike), which `model` holds when `fit` returns.
+    augmentation, then scores the un-augmented test set, or with
+    `cfg.validation` the held-out end of the training set (`Data.holdout`).
     """
     check_l1(model.cfg.norm, cfg.l1)
+    data = data.holdout(cfg.validation)
     n = len(data.train_images)
     steps = n // cfg.batch_size
     if steps == 0:
@@ -244,8 +247,6 @@ def fit(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     params = list(model.parameters())
-    # The average starts as a copy of the model; `torch._foreach_lerp_` updates it in place every step.
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
     check_every = 10 if device.type == "cpu" else 50
@@ -261,14 +262,12 @@ def fit(
         checked = 0
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast, cfg.translate)
+            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
             x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
             y = data.train_labels[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = train_step(logits, y, params, opt, sched, cfg)
-            if ema is not None:
-                ema.update_parameters(model)
             losses[step] = loss.detach()
             correct += (logits.argmax(1) == y).sum()
             if (step + 1) % check_every == 0 or step + 1 == steps:
@@ -280,8 +279,7 @@ def fit(
         train_loss = losses.mean().item()
         train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
         train_seconds = time.perf_counter() - start
-        scored = model if ema is None else ema.module
-        test_loss, test_acc = score(predict(scored, data.test_images, data.mean, data.std,
+        test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std,
                                             channels_last=channels_last), data.test_labels)
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
@@ -295,8 +293,6 @@ def fit(
                   flush=True)
         if on_epoch:
             on_epoch(row)
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())
     return history
 
 

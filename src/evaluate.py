@@ -9,6 +9,7 @@ misclassified test images.
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 from typing import Annotated
@@ -43,6 +44,27 @@ def read_history(live_dir: Path) -> dict[str, list[float]]:
             raise UserError(f"{path} is missing or corrupt; the train stage writes it",
                             hint="run `dvc repro` to train again") from None
     return history
+
+
+def read_summary(live_dir: Path) -> dict:
+    """The summary that the train stage's DVCLive run ends with (parameter count, training seconds)."""
+    path = live_dir / "metrics.json"
+    try:
+        summary = json.loads(path.read_text())
+        float(summary["train_seconds"])
+    except (OSError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is missing or corrupt; the train stage writes it",
+                        hint="run `dvc repro` to train again") from None
+    return summary
+
+
+def held_out(loaded: dict[str, tuple]) -> int:
+    """The validation split the models were trained with (`train.validation`); all must agree."""
+    splits = {v: ckpt["train"].get("validation", 0) for v, (_, ckpt) in loaded.items()}
+    if len(set(splits.values())) > 1:
+        raise UserError(f"the models were trained on different validation splits {splits}",
+                        hint="run `dvc repro` to retrain them with the same train.validation")
+    return next(iter(splits.values()))
 
 
 def score_model(model, data, batch_size: int = 2000) -> dict:
@@ -116,11 +138,14 @@ def main(
         raise UserError(f"evaluate.batch_size must be >= 1 (got {batch_size})")
     variants = get_key(load_params(), "variants")
     dev = pick_device(device, threads)
-    dataset = load_data(data).to(dev)
-    labels = dataset.test_labels.cpu()
     # Check every input before writing any output.
     histories = {v: read_history(live / v) for v in variants}
+    summaries = {v: read_summary(live / v) for v in variants}
     loaded = {v: load_variant(v, spec["norm"], models / f"{v}.pt") for v, spec in variants.items()}
+    validation = held_out(loaded)
+    split = "validation" if validation else "test"
+    dataset = load_data(data).holdout(validation).to(dev)
+    labels = dataset.test_labels.cpu()
     summary, per_class, preds = {}, {}, []
     for v, spec in variants.items():
         model, ckpt = loaded[v]
@@ -128,13 +153,14 @@ def main(
         test_acc = histories[v]["test/acc"]
         peak = max(range(len(test_acc)), key=test_acc.__getitem__)
         summary[v] = _rounded({
-            "label": spec["label"], "params": ckpt["params"],
+            "label": spec["label"], "split": split,  # what the test_* scores measure: test or validation
+            "params": ckpt["params"],
             "test_acc": r["test_acc"], "test_loss": r["test_loss"],
             "train_acc": r["train_acc"], "train_loss": r["train_loss"],
             "gap": r["train_acc"] - r["test_acc"],  # > 0: fits seen data better than unseen data
             "train_acc_augmented": histories[v]["train/acc"][-1],
             "peak_test_acc": test_acc[peak], "peak_epoch": peak + 1, "epochs": len(test_acc),
-            "train_seconds": ckpt["train_seconds"],  # the whole stage: training plus per-epoch scoring
+            "train_seconds": summaries[v]["train_seconds"],  # the whole stage: training plus per-epoch scoring
             "seconds_per_epoch": statistics.median(histories[v]["epoch_seconds"]),  # training only
             "errors": int((r["pred"] != labels).sum()),
         })
@@ -144,7 +170,7 @@ def main(
         write_csv(plots / "confusion" / f"{v}.csv", ["actual", "predicted"],
                   [(dataset.classes[a], dataset.classes[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())])
         write_json(plots / "misclassified" / f"{v}.json", misclassified(r["pred"], r["conf"], labels, dataset.classes))
-        print(f"{spec['label']:>8}: test {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}), "
+        print(f"{spec['label']:>8}: {split} {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}), "
               f"train {r['train_acc']:.2f}%, gap {summary[v]['gap']:+.2f}, {summary[v]['errors']} errors")
     columns = ["epoch", *(spec["label"] for spec in variants.values())]
     for name in CURVES:

@@ -28,23 +28,18 @@ class Norm(str, Enum):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a `Net`; saved in every checkpoint.
-
-    The defaults build the project's first network (so that older checkpoints load as they were saved);
-    `params.yaml` sets the current one (`weight_std: true`, `transition: false`).
-    """
+    """Everything needed to rebuild a `Net`; saved in every checkpoint. The defaults build the shipped network."""
 
     norm: str = "bn"
     gn_groups: int = 4
     width: int = 16  # channels of the wide 3x3 convolutions
     dropout: float = 0.0
-    weight_std: bool = False  # weight standardization of the convolutions before each norm
-    transition: bool = True  # 1x1 convolution halving the channels after the pool
+    weight_std: bool = True  # weight standardization of the convolutions before each norm
 
     def __post_init__(self) -> None:
         norm = Norm(self.norm).value  # ValueError on an unknown norm
         object.__setattr__(self, "norm", norm)
-        plan = channel_plan(self.width, self.transition)
+        plan = channel_plan(self.width)
         for c in plan:
             if norm == "gn" and c % self.gn_groups:
                 raise ValueError(
@@ -56,16 +51,9 @@ class ModelConfig:
         return asdict(self)
 
 
-def channel_plan(width: int, transition: bool = True) -> list[int]:
-    """Output channels of each convolution, in order.
-
-    With the transition, the 1x1 convolution after the pool halves the width; without it, the block
-    before the pool is 3/4 as wide, which pays for a 3x3 convolution straight after the pool.
-    """
-    half = width // 2
-    if transition:
-        return [half, width, half, width, width, width, width]
-    return [half, 3 * width // 4, width, width, width, width]
+def channel_plan(width: int) -> list[int]:
+    """Output channels of the six 3x3 convolutions, in order: narrow before the pool, `width` after it."""
+    return [width // 2, 3 * width // 4, width, width, width, width]
 
 
 def norm_layer(norm: str, channels: int, gn_groups: int) -> nn.Module:
@@ -105,19 +93,12 @@ class Net(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
-        plan = channel_plan(cfg.width, cfg.transition)
-        c1, c2 = plan[:2]
-        if cfg.transition:
-            t, c3, c4, c5, c6 = plan[2:]
-            after_pool = [ConvBlock(c2, t, 1, cfg), ConvBlock(t, c3, 3, cfg)]  # (B, t, 12, 12) -> (B, c3, 10, 10)
-        else:
-            c3, c4, c5, c6 = plan[2:]
-            after_pool = [ConvBlock(c2, c3, 3, cfg)]  # (B, c3, 10, 10)
+        c1, c2, c3, c4, c5, c6 = channel_plan(cfg.width)
         self.features = nn.Sequential(
             ConvBlock(1, c1, 3, cfg),  # (B, c1, 26, 26)
             ConvBlock(c1, c2, 3, cfg),  # (B, c2, 24, 24)
             nn.MaxPool2d(2),  # (B, c2, 12, 12)
-            *after_pool,
+            ConvBlock(c2, c3, 3, cfg),  # (B, c3, 10, 10)
             ConvBlock(c3, c4, 3, cfg),  # (B, c4, 8, 8)
             ConvBlock(c4, c5, 3, cfg),  # (B, c5, 6, 6)
             ConvBlock(c5, c6, 3, cfg, padding=1),  # (B, c6, 6, 6)

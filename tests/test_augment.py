@@ -37,19 +37,14 @@ def test_normalize_standardizes():
     assert abs(out.mean().item()) < 1e-3 and abs(out.std().item() - 1) < 1e-2
 
 
-def test_translate_shifts_each_image_within_its_range():
-    x = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
-    x[:, :, 12:16, 12:16] = 255  # a bright square at the centre
-    out = augment(x, torch.Generator().manual_seed(0), rotation=0, brightness=0, contrast=0, translate=0.1)
-    cols = torch.arange(28.0)
-    centre_x = (out.sum(dim=(1, 2)) * cols).sum(1) / out.sum(dim=(1, 2, 3))
-    shift = centre_x - 13.5
-    assert shift.abs().max() <= 0.1 * 28 + 0.5  # within +-10% of the width
-    assert shift.abs().max() > 1 and shift.std() > 0.5  # images move, each by its own amount
-
-
-def test_no_translate_keeps_the_random_stream():
-    x = _batch()
-    a = augment(x, torch.Generator().manual_seed(5), 7, 0.1, 0.1)
-    b = augment(x, torch.Generator().manual_seed(5), 7, 0.1, 0.1, translate=0.0)
-    assert torch.equal(a, b)
+def test_rotation_turns_each_image_within_its_range():
+    x = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 13:15, 22:25] = 255  # a bright dot right of the centre (13.5, 13.5)
+    out = augment(x, torch.Generator().manual_seed(0), rotation=7, brightness=0, contrast=0)
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = out.sum(dim=(1, 2, 3))
+    dy = (out[:, 0] * rows).sum(dim=(1, 2)) / mass - 13.5
+    dx = (out[:, 0] * cols).sum(dim=(1, 2)) / mass - 13.5
+    angle = torch.rad2deg(torch.atan2(dy, dx))
+    assert angle.abs().max() <= 7.5  # within +-7 degrees (plus the dot's own width)
+    assert angle.min() < -5 and angle.max() > 5 and angle.std() > 3  # spread over the range, image by image

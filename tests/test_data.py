@@ -2,6 +2,7 @@ import gzip
 
 import numpy as np
 import pytest
+import torch
 
 from src.data import IMAGE_MAGIC, LABEL_MAGIC, load_data, read_idx, read_split
 from src.errors import UserError
@@ -57,3 +58,16 @@ def test_load_data_roundtrip_and_errors(dataset_file, tmp_path):
         load_data(tmp_path / "missing.npz")
     with pytest.raises(UserError, match="is corrupt"):
         load_data(_bad(tmp_path, "bad.npz", dataset_file.read_bytes()[:1000]))
+
+
+def test_holdout_scores_the_last_training_images_instead_of_the_test_set(dataset_file):
+    data = load_data(dataset_file)
+    held = data.holdout(100)
+    assert len(held.train_images) == len(data.train_images) - 100 and len(held.test_images) == 100
+    assert torch.equal(held.test_images, data.train_images[-100:])
+    assert torch.equal(held.test_labels, data.train_labels[-100:])
+    kept = data.train_images[:-100].double() / 255
+    assert held.mean == pytest.approx(float(kept.mean())) and held.mean != data.mean  # statistics of what trains
+    assert data.holdout(0) is data
+    with pytest.raises(UserError, match="train.validation = 512 must be below the 512 training images"):
+        data.holdout(512)

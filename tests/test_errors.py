@@ -60,9 +60,8 @@ def set_param(key: str, value) -> None:
     ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
     ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
     ("train.bf16", "fast", "params.yaml: train.bf16 = 'fast' must be one of auto, true, false"),
-    ("train.translate", 0.6, "train.translate must be in [0, 0.5) (got 0.6)"),
+    ("train.validation", -1, "train.validation must be >= 0 (0 = score the test set) (got -1)"),
     ("train.grad_clip", -1.0, "train.grad_clip must be >= 0 (0 = off) (got -1.0)"),
-    ("train.ema", 1.0, "train.ema must be in [0, 1) (0 = off) (got 1.0)"),
     ("train.lr_peak", 0.1, "params.yaml: unknown key 'train.lr_peak'"),
     ("model.widht", 24, "params.yaml: unknown key 'model.widht'"),
 ])

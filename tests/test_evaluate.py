@@ -1,6 +1,11 @@
+import pytest
 import torch
 
-from src.evaluate import compare, error_overlap
+from src.data import load_data
+from src.engine import make_model, predict, score
+from src.errors import UserError
+from src.evaluate import compare, error_overlap, held_out, misclassified, per_class_accuracy, score_model
+from src.model import ModelConfig
 
 
 def test_error_overlap_counts_shared_and_any_mistakes():
@@ -17,3 +22,35 @@ def test_compare_names_the_best_and_the_gaps():
                "b": {"label": "B", "test_acc": 99.6, "gap": 0.4},
                "c": {"label": "C", "test_acc": 99.4, "gap": 0.2}}
     assert compare(summary) == {"best_test_acc": "B", "least_overfit": "A", "most_overfit": "B"}
+
+
+def test_misclassified_lists_only_mistakes_most_confident_first():
+    labels = torch.tensor([0, 1, 2, 3])
+    pred = torch.tensor([0, 2, 1, 3])
+    conf = torch.tensor([0.99, 0.6, 0.8, 0.9])
+    assert misclassified(pred, conf, labels, tuple("abcd")) == [
+        {"index": 2, "true": "c", "predicted": "b", "confidence": 0.8},
+        {"index": 1, "true": "b", "predicted": "c", "confidence": 0.6}]
+
+
+def test_per_class_accuracy_in_percent():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    pred = torch.tensor([0, 0, 0, 1, 1, 0])
+    assert per_class_accuracy(pred, labels, 2) == [75.0, 50.0]
+
+
+def test_score_model_scores_clean_train_and_test_sets(dataset_file):
+    data = load_data(dataset_file)
+    model = make_model(ModelConfig(norm="gn"), seed=1)
+    r = score_model(model, data, batch_size=50)
+    logits = predict(model, data.test_images, data.mean, data.std)
+    assert (r["test_loss"], r["test_acc"]) == score(logits, data.test_labels)
+    assert torch.equal(r["pred"], logits.argmax(1)) and r["conf"].shape == (len(data.test_labels),)
+    assert 0 <= r["train_acc"] <= 100
+
+
+def test_models_trained_on_different_splits_are_refused():
+    same = {"a": (None, {"train": {"validation": 100}}), "b": (None, {"train": {"validation": 100}})}
+    assert held_out(same) == 100
+    with pytest.raises(UserError, match="trained on different validation splits"):
+        held_out({**same, "c": (None, {"train": {"validation": 0}})})

@@ -1,20 +1,32 @@
 import pytest
 import torch
 
+from src.engine import TrainConfig
 from src.model import ModelConfig, Net, StdConv2d, count_parameters, norm_layer
+from src.params import load_params
+from src.train import variant_configs
+from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("transition", [True, False])
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
-def test_output_shape_and_size(norm, transition):
-    model = Net(ModelConfig(norm=norm, transition=transition))
+def test_output_shape_and_size(norm):
+    model = Net(ModelConfig(norm=norm))
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-    assert count_parameters(model) < 10_000
+    assert count_parameters(model) == 9_914  # the shipped network, the same for every norm
 
 
-def test_only_the_norm_layers_differ():
-    counts = {n: count_parameters(Net(ModelConfig(norm=n))) for n in ("bn", "gn", "ln")}
-    assert len(set(counts.values())) == 1  # BN, GN and LN have the same affine parameters
+@pytest.mark.parametrize("variant", ["bn_l1", "gn", "ln"])
+def test_the_defaults_are_what_params_yaml_ships(variant):
+    model_cfg, train_cfg = variant_configs(load_params(ROOT / "params.yaml"), variant)
+    assert model_cfg == ModelConfig(norm=model_cfg.norm)
+    assert train_cfg == TrainConfig(l1=train_cfg.l1)
+
+
+def test_the_network_is_the_documented_one():
+    convs = [m for m in Net(ModelConfig(norm="gn")).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.padding[0]) for c in convs] == [
+        (1, 8, 3, 0), (8, 12, 3, 0), (12, 16, 3, 0), (16, 16, 3, 0), (16, 16, 3, 0), (16, 16, 3, 1), (16, 10, 1, 0)]
+    assert all(isinstance(c, StdConv2d) for c in convs[:-1]) and type(convs[-1]) is torch.nn.Conv2d
 
 
 def _normalized(x, dims):
@@ -57,12 +69,6 @@ def test_unknown_norm_and_bad_groups_are_refused():
         ModelConfig(norm="gn", gn_groups=3)
 
 
-def test_weight_standardization_adds_no_parameters():
-    for norm in ("bn", "gn", "ln"):
-        plain, std = (count_parameters(Net(ModelConfig(norm=norm, weight_std=ws))) for ws in (False, True))
-        assert plain == std
-
-
 def test_standardized_convolutions_ignore_each_filters_scale_and_offset():
     torch.manual_seed(0)
     model = Net(ModelConfig(norm="gn", weight_std=True)).eval()
@@ -74,6 +80,6 @@ def test_standardized_convolutions_ignore_each_filters_scale_and_offset():
             conv.weight.mul_(scale).add_(torch.randn(conv.out_channels, 1, 1, 1))
     # equal up to the epsilon under the square root (1e-5, against filter variances of ~1e-3)
     torch.testing.assert_close(model(x), before, atol=2e-3, rtol=0)
-    plain = Net(ModelConfig(norm="gn")).eval()
+    plain = Net(ModelConfig(norm="gn", weight_std=False)).eval()
     plain.load_state_dict(model.state_dict())
     assert (plain(x) - before).abs().max() > 0.1  # without it, the rescaled weights change the output
