@@ -2,13 +2,15 @@
 
 Reads `dvc exp show --json` (the workspace's baseline commit and its
 experiments) and prints one row per variant, one table per dataset
-(`download.dataset`), so that a Fashion-MNIST experiment is not averaged with
-MNIST seeds:
+(`download.dataset`) and split (test, or the validation split of
+`train.validation`), so that a Fashion-MNIST experiment or a tuning run is not
+averaged with MNIST test seeds; `--by KEY` splits the tables further by a
+parameter, which turns a sweep into one table per value:
 
     dvc exp run -S train.seed=2 && dvc exp run -S train.seed=3
-    python -m tools.seed_table                 # experiments of the current commit
-    python -m tools.seed_table --rev 34f9cd1   # ... of another commit (any `dvc exp show` options)
-    python -m tools.seed_table --rev 19b80f4 --rev cd3231d   # seeds run from two commits of one recipe
+    python -m tools.seed_table                    # experiments of the current commit
+    python -m tools.seed_table --rev 34f9cd1      # ... of another commit (any `dvc exp show` options)
+    python -m tools.seed_table --by train.lr      # a sweep: one table per learning rate
 
 A run that appears more than once (two baseline commits carrying the same
 committed metrics) is counted once.
@@ -16,16 +18,26 @@ committed metrics) is counted once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 
 METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap", "seconds_per_epoch")
 
 
-def runs(exp_show: list[dict]) -> list[dict]:
-    """Per run (the baseline commit and every experiment): {variant: metrics}, with its seed."""
+def param(params: dict, key: str):
+    """The value of a dotted params.yaml key, or None."""
+    for part in key.split("."):
+        params = params.get(part) if isinstance(params, dict) else None
+    return params
+
+
+def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
+    """Per run (the baseline commit and every experiment): {variant: metrics}, with its seed and the group it
+    belongs to (dataset, split and the values of the `by` keys)."""
     found = []
     for baseline in exp_show:
         # Queued, running or failed experiments show their baseline's metrics: leave them out.
@@ -35,13 +47,16 @@ def runs(exp_show: list[dict]) -> list[dict]:
             data = (run.get("data") or {})
             files = data.get("metrics") or {}
             params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-            seed = params.get("train", {}).get("seed")
-            dataset = params.get("download", {}).get("dataset", "mnist")
+            seed = param(params, "train.seed")
+            held = param(params, "train.validation") or 0
+            group = (param(params, "download.dataset") or "mnist",
+                     f"validation ({held} held out)" if held else "test",
+                     *(f"{key}={param(params, key)}" for key in by))
             per_variant = {path.split("/")[-1].removesuffix(".json"): f["data"] for path, f in files.items()
                            if "data" in f and path != "metrics/comparison.json"}
-            seen = [(r["seed"], r["dataset"], r["metrics"]) for r in found]
-            if per_variant and run.get("rev") != "workspace" and (seed, dataset, per_variant) not in seen:
-                found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "dataset": dataset,
+            seen = [(r["seed"], r["group"], r["metrics"]) for r in found]
+            if per_variant and run.get("rev") != "workspace" and (seed, group, per_variant) not in seen:
+                found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "group": group,
                               "metrics": per_variant})
     return found
 
@@ -49,7 +64,7 @@ def runs(exp_show: list[dict]) -> list[dict]:
 def table(found: list[dict]) -> str:
     variants = sorted({v for r in found for v in r["metrics"]})
     names = ", ".join(f"{r['name']} (seed {r['seed']})" for r in found)
-    lines = [f"{found[0]['dataset']}, runs: {names}", "",
+    lines = [f"{', '.join(found[0]['group'])}; runs: {names}", "",
              "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for v in variants:
         cells = []
@@ -63,17 +78,21 @@ def table(found: list[dict]) -> str:
 
 
 def main() -> None:
-    # Extra arguments go to `dvc exp show`, e.g. `--rev <commit>` or `-n 3` for experiments of earlier commits.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="Other arguments go to `dvc exp show` (e.g. --rev <commit>, -n 3).")
+    parser.add_argument("--by", action="append", default=[], metavar="KEY",
+                        help="a params.yaml key (e.g. train.lr) whose values get a table each; repeatable")
+    args, exp_show_args = parser.parse_known_args()
     # The dvc of this interpreter, so that it runs without the virtual environment on PATH.
-    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", *sys.argv[1:]],
+    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", *exp_show_args],
                          capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"error: dvc exp show failed: {out.stderr.strip()}")
-    found = runs(json.loads(out.stdout))
+    found = runs(json.loads(out.stdout), args.by)
     if not found:
         sys.exit("error: no committed run or experiment with metrics; run `dvc exp run -S train.seed=N` first")
-    datasets = dict.fromkeys(r["dataset"] for r in found)
-    print("\n\n".join(table([r for r in found if r["dataset"] == d]) for d in datasets))
+    groups = dict.fromkeys(r["group"] for r in found)
+    print("\n\n".join(table([r for r in found if r["group"] == g]) for g in groups))
 
 
 if __name__ == "__main__":
