@@ -38,6 +38,7 @@ def make_repo(tmp_path: Path, params: dict, data_dir: Path) -> tuple[Path, dict]
            "GIT_COMMITTER_EMAIL": "test@example.com"}
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the plot templates dvc.yaml names
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "pipeline", cwd=repo, env=env)
     return repo, env
