@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -11,8 +10,7 @@ from pathlib import Path
 import torch
 
 from src.engine import TrainConfig
-from src.errors import UserError
-from src.files import atomic_path
+from src.files import Corrupt, atomic_path, read_input
 from src.model import ModelConfig, Net
 
 
@@ -30,23 +28,26 @@ def save_checkpoint(path: str | Path, model: Net, train_cfg: TrainConfig, **meta
         tmp.write_bytes(buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, stage: str = "the train stages") -> tuple[Net, dict]:
-    """Rebuild the model saved at `path`; a clear error if the file is missing, corrupt or mismatched.
+def load_checkpoint(path: str | Path, stage: str | None = None) -> tuple[Net, dict]:
+    """Rebuild the model saved at `path`; an error naming the file and `stage` (the stage that makes it, by default
+    `train_<file name>`) if the file is missing, damaged or holds weights of another architecture.
 
     `weights_only=True` means loading never runs code stored in the file.
     """
     path = Path(path)
-    hint = f"run `dvc repro {stage}` to make it again"
-    if not path.is_file():
-        raise UserError(f"{path} not found; {stage} makes it", hint=hint)
+    return read_input(path, stage or f"train_{path.stem}", _rebuild)
+
+
+def _rebuild(path: Path) -> tuple[Net, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = ModelConfig(**ckpt["model"])
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is not a valid model file ({type(e).__name__})", hint=hint) from None
-    model = Net(cfg)
+    except Exception as e:  # torch reports a cut or foreign file as OSError, RuntimeError, UnpicklingError, ...
+        raise Corrupt("not a complete PyTorch model file") from e
+    if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), dict) for k in ("model", "train", "state_dict")):
+        raise Corrupt("it holds no model, training config and weights")
+    model = Net(ModelConfig(**ckpt["model"]))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError:
-        raise UserError(f"{path}: weights do not match the architecture {cfg}", hint=hint) from None
+        raise Corrupt(f"weights do not match the architecture {model.cfg}") from None
     return model, ckpt

@@ -1,4 +1,5 @@
-"""Run a stage's typer command: option defaults from `params.yaml`, one-line errors, clean interrupts."""
+"""Run a stage's typer command: option defaults from `params.yaml`, one-line errors, clean interrupts, and
+outputs replaced only when the stage succeeds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 import typer
 
 from src.errors import ConfigError, UserError, debug_enabled
+from src.files import stage_outputs
 from src.params import load_params, option_defaults
 
 INTERRUPTED = 130
@@ -25,23 +27,37 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _usage_error(e: typer.TyperException) -> int:
+    """Print a command-line mistake (`--epochs abc`) in the project's one-line form; return click's exit code."""
+    print(f"error: {e.format_message()}", file=sys.stderr)
+    ctx = getattr(e, "ctx", None)
+    print(f"hint: `{ctx.command_path if ctx else 'python -m src.<stage>'} --help` lists the options", file=sys.stderr)
+    return e.exit_code
+
+
 def run(stage: typer.Typer, keys: Mapping[str, str], argv: list[str] | None = None) -> int:
     """Run `stage` with the options in `keys` defaulting from `params.yaml`; return the exit code.
 
-    User mistakes print one line (`error: ...`) and give 1; an interruption gives 130.
+    User mistakes print one line (`error: ...`, then a `hint: ...`) and give 1 (2 for a command-line usage
+    error); an interruption gives 130. The stage's outputs replace the previous ones only if it succeeds.
     Set NORMCMP_DEBUG=1 to see tracebacks instead.
     """
     signal.signal(signal.SIGTERM, _terminate)
     command = stage.registered_commands[0].callback
     try:
         default_map = option_defaults(command, keys, load_params())
-        typer.main.get_command(stage).main(args=argv, default_map=default_map, standalone_mode=True)
-        return 0
-    except SystemExit as e:  # typer exits on its own after usage errors, --help and Ctrl-C
-        code = e.code if isinstance(e.code, int) else 0
-        if code == INTERRUPTED:
-            print("error: interrupted; no outputs were written (run `dvc repro` to start again)", file=sys.stderr)
-        return code
+        with stage_outputs() as commit:
+            # Not standalone: typer would print its own box for a usage error and exit; it returns 130 on Ctrl-C.
+            code = typer.main.get_command(stage).main(args=argv, default_map=default_map, standalone_mode=False)
+            code = code if isinstance(code, int) else 0
+            if code == 0:
+                commit()
+    except (KeyboardInterrupt, typer.Abort):  # before typer started, or end of input at a prompt
+        code = INTERRUPTED
+    except typer.TyperException as e:  # typer's own click: usage errors
+        if debug_enabled():
+            raise
+        return _usage_error(e)
     except (ConfigError, UserError) as e:
         if debug_enabled():
             raise
@@ -53,6 +69,10 @@ def run(stage: typer.Typer, keys: Mapping[str, str], argv: list[str] | None = No
         print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
         print("hint: set NORMCMP_DEBUG=1 to see the traceback", file=sys.stderr)
         return 1
+    if code == INTERRUPTED:
+        print("error: interrupted; no outputs were written", file=sys.stderr)
+        print("hint: the previous outputs are unchanged; `dvc repro` starts the stage again", file=sys.stderr)
+    return code
 
 
 def main(stage: typer.Typer, keys: Mapping[str, str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import zipfile
+import math
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from src.errors import UserError
+from src.files import Corrupt, atomic_path, read_input
 
 # The four files of an MNIST-format dataset, by role, with their original names.
 FILES = {
@@ -24,6 +25,13 @@ IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # 0x00000803 (ubyte, 3 dims), 0x00000801 
 SIDE = 28
 NUM_CLASSES = 10
 DATASET_FILE = Path("data/dataset.npz")
+# The arrays of the dataset file.
+ARRAYS = ("train_images", "train_labels", "test_images", "test_labels", "mean", "std", "classes")
+
+
+def _idx_error(path: str | Path, problem: str, folder_env: str) -> UserError:
+    """The error for a damaged IDX file: what is wrong and where a good copy comes from."""
+    return UserError(f"{path}: {problem}", hint=f"download the file again (or point {folder_env} at a good copy)")
 
 
 def read_idx(path: str | Path, magic: int, folder_env: str = "NORMCMP_DATA_DIR") -> np.ndarray:
@@ -32,30 +40,30 @@ def read_idx(path: str | Path, magic: int, folder_env: str = "NORMCMP_DATA_DIR")
     `folder_env` is the variable that names the dataset's local folder, for the hint on a damaged file.
     """
     path = Path(path)
-    hint = f"download the file again (or point {folder_env} at a good copy)"
     try:
         raw = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found", hint=hint) from None
+        raise _idx_error(path, "file not found", folder_env) from None
     except gzip.BadGzipFile:
-        raise UserError(f"{path}: not a gzip file", hint=hint) from None
+        raise _idx_error(path, "not a gzip file", folder_env) from None
     except (EOFError, zlib.error):
-        raise UserError(f"{path}: truncated or corrupt gzip data", hint=hint) from None
+        raise _idx_error(path, "truncated or corrupt gzip data", folder_env) from None
+    except OSError as e:
+        raise _idx_error(path, f"cannot read it ({e.strerror})", folder_env) from None
+    if not raw:
+        raise _idx_error(path, "the file is empty", folder_env)
     if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
         found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-        raise UserError(f"{path}: wrong IDX magic number {found} (expected {magic})", hint=hint)
+        raise _idx_error(path, f"wrong IDX magic number {found} (expected {magic})", folder_env)
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise UserError(f"{path}: IDX header is cut short", hint=hint)
+        raise _idx_error(path, "IDX header is cut short", folder_env)
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    payload = len(raw) - header
-    if payload != int(np.prod(dims)):
-        raise UserError(
-            f"{path}: header says {dims[0]} items of shape {dims[1:]} ({int(np.prod(dims))} bytes) "
-            f"but the file holds {payload} bytes",
-            hint=hint,
-        )
+    payload, size = len(raw) - header, math.prod(dims)
+    if payload != size:
+        raise _idx_error(path, f"header says {dims[0]} items of shape {dims[1:]} ({size} bytes) "
+                         f"but the file holds {payload} bytes", folder_env)
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -66,13 +74,14 @@ def read_split(
     images = read_idx(images_path, IMAGE_MAGIC, folder_env)
     labels = read_idx(labels_path, LABEL_MAGIC, folder_env)
     if images.shape[1:] != (SIDE, SIDE):
-        raise UserError(f"{images_path}: images are {images.shape[1:]} pixels, expected ({SIDE}, {SIDE})")
+        raise _idx_error(images_path, f"images are {images.shape[1:]} pixels, expected ({SIDE}, {SIDE})", folder_env)
     if len(images) == 0:
-        raise UserError(f"{images_path}: holds no images")
+        raise _idx_error(images_path, "holds no images", folder_env)
     if len(labels) and labels.max() >= NUM_CLASSES:
-        raise UserError(f"{labels_path}: label {labels.max()} outside 0..{NUM_CLASSES - 1}")
+        raise _idx_error(labels_path, f"label {labels.max()} outside 0..{NUM_CLASSES - 1}", folder_env)
     if len(images) != len(labels):
-        raise UserError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+        raise UserError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels",
+                        hint=f"both files must come from the same split (point {folder_env} at a good copy)")
     return images, labels
 
 
@@ -122,8 +131,6 @@ class Data:
 
 def save_data(path: str | Path, arrays: dict[str, np.ndarray], classes: list[str]) -> dict[str, float]:
     """Write validated splits and the training set's pixel statistics to one `.npz` file."""
-    from src.files import atomic_path
-
     pixels = arrays["train_images"].astype(np.float64) / 255.0
     stats = {"mean": float(pixels.mean()), "std": float(pixels.std())}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -131,17 +138,38 @@ def save_data(path: str | Path, arrays: dict[str, np.ndarray], classes: list[str
     return stats
 
 
+def _check_arrays(a: dict[str, np.ndarray]) -> None:
+    """A `Corrupt` error unless the arrays are what `save_data` writes: non-empty splits of 28x28 uint8 images with
+    one label each in range of the class names, and a finite pixel mean and positive std."""
+    missing = sorted({*ARRAYS} - set(a))
+    if missing:
+        raise Corrupt(f"it lacks {', '.join(missing)}")
+    classes = a["classes"]
+    if classes.ndim != 1 or classes.dtype.kind != "U" or not len(classes):
+        raise Corrupt("its class names are not a list of strings")
+    for split in ("train", "test"):
+        images, labels = a[f"{split}_images"], a[f"{split}_labels"]
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (SIDE, SIDE) or not len(images):
+            raise Corrupt(f"{split}_images is {images.dtype} {images.shape}, not N x {SIDE} x {SIDE} uint8")
+        if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+            raise Corrupt(f"{split}_labels is {labels.dtype} {labels.shape}, not one integer per image")
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise Corrupt(f"{split}_labels holds a label outside 0..{len(classes) - 1}")
+    mean, std = a["mean"], a["std"]
+    if mean.shape or std.shape or not np.isfinite(mean) or not np.isfinite(std) or std <= 0:
+        raise Corrupt("its pixel mean and std are not two finite numbers")
+
+
+def _parse_dataset(path: Path) -> Data:
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    _check_arrays(a)
+    images = {k: torch.from_numpy(a[k]).unsqueeze(1) for k in ("train_images", "test_images")}
+    labels = {k: torch.from_numpy(a[k].astype(np.int64)) for k in ("train_labels", "test_labels")}
+    return Data(**images, **labels, mean=float(a["mean"]), std=float(a["std"]),
+                classes=tuple(str(c) for c in a["classes"]))
+
+
 def load_data(path: str | Path = DATASET_FILE) -> Data:
-    """Load the file written by the `download` stage into tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found; the download stage makes it", hint="run `dvc repro download`")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        images = {k: torch.from_numpy(a[k]).unsqueeze(1) for k in ("train_images", "test_images")}
-        labels = {k: torch.from_numpy(a[k].astype(np.int64)) for k in ("train_labels", "test_labels")}
-        return Data(**images, **labels, mean=float(a["mean"]), std=float(a["std"]),
-                    classes=tuple(str(c) for c in a["classes"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path} is corrupt ({e})", hint="run `dvc repro download` to rebuild it") from None
+    """Load the file written by the `download` stage into tensors; an error naming it if it is missing or damaged."""
+    return read_input(path, "download", _parse_dataset)

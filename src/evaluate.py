@@ -8,7 +8,6 @@ misclassified test images.
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -22,7 +21,7 @@ from src.checkpoint import load_checkpoint
 from src.data import DATASET_FILE, load_data
 from src.engine import pick_device, predict, score
 from src.errors import UserError
-from src.files import write_csv, write_json
+from src.files import Corrupt, input_error, number, read_input, read_table, write_csv, write_json
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
@@ -32,29 +31,39 @@ CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr", "epoch_secon
 
 
 def read_history(live_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch values of each metric that the train stage logged with DVCLive."""
-    history = {}
-    for name in CURVES:
-        path = live_dir / "plots" / "metrics" / f"{name}.tsv"
-        try:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t"))
-            history[name] = [float(r[name.split("/")[-1]]) for r in rows]
-        except (OSError, KeyError, ValueError):
-            raise UserError(f"{path} is missing or corrupt; the train stage writes it",
-                            hint="run `dvc repro` to train again") from None
+    """Per-epoch values of each metric that the train stage logged with DVCLive; an error naming a missing or
+    damaged log file (all must hold the same epochs, so that a log cut at the end of a line shows too)."""
+    stage = f"train_{live_dir.name}"
+    paths = {name: live_dir / "plots" / "metrics" / f"{name}.tsv" for name in CURVES}
+    history = {name: read_input(path, stage, _parse_log) for name, path in paths.items()}
+    epochs = max(len(values) for values in history.values())
+    for name, values in history.items():
+        if len(values) < epochs:
+            problem = f"is corrupt (it logs fewer epochs than the others: {len(values)}, not {epochs})"
+            raise input_error(paths[name], stage, problem)
     return history
+
+
+def _parse_log(path: Path) -> list[float]:
+    """The values of a DVCLive metric file (columns step and the metric's last name, one row per epoch)."""
+    column = path.stem
+    rows = read_table(path, delimiter="\t")
+    if column not in rows[0] or "step" not in rows[0]:
+        raise Corrupt(f"it has no columns step and {column}")
+    if [r["step"] for r in rows] != [str(i) for i in range(len(rows))]:
+        raise Corrupt("its steps are not 0, 1, 2, ...")
+    return [number(r[column]) for r in rows]
 
 
 def read_summary(live_dir: Path) -> dict:
     """The summary that the train stage's DVCLive run ends with (parameter count, training seconds)."""
-    path = live_dir / "metrics.json"
-    try:
-        summary = json.loads(path.read_text())
-        float(summary["train_seconds"])
-    except (OSError, KeyError, TypeError, ValueError):
-        raise UserError(f"{path} is missing or corrupt; the train stage writes it",
-                        hint="run `dvc repro` to train again") from None
+    return read_input(live_dir / "metrics.json", f"train_{live_dir.name}", _parse_summary)
+
+
+def _parse_summary(path: Path) -> dict:
+    summary = json.loads(path.read_text())
+    if not isinstance(summary, dict) or not isinstance(summary.get("train_seconds"), (int, float)):
+        raise Corrupt("it holds no train_seconds")
     return summary
 
 

@@ -7,9 +7,8 @@ drawing functions take plain data, so the notebook calls them too.
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from src import cli
 from src.data import DATASET_FILE, load_data
 from src.errors import UserError
-from src.files import atomic_path
+from src.files import Corrupt, atomic_path, number, read_input, read_table
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
@@ -79,29 +78,44 @@ def save_figure(fig: Figure, path: Path, dpi: int) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def _read(path: Path, parse: Callable[[Path], object]):
-    try:
-        return parse(path)
-    except (OSError, IndexError, KeyError, ValueError):
-        raise UserError(f"{path} is missing or corrupt; the evaluate stage writes it",
-                        hint="run `dvc repro evaluate`") from None
-
-
 def _parse_curves(path: Path) -> dict[str, list[float]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_table(path)
     models = [k for k in rows[0] if k != "epoch"]
-    return {m: [float(r[m]) for r in rows if r[m] != ""] for m in models}
+    if next(iter(rows[0])) != "epoch" or not models:
+        raise Corrupt("its header is not epoch and one column per model")
+    if [r["epoch"] for r in rows] != [str(e) for e in range(1, len(rows) + 1)]:
+        raise Corrupt("its epochs are not 1, 2, 3, ...")
+    curves = {}
+    for m in models:
+        cells = [r[m] for r in rows]
+        while cells and cells[-1] == "":  # a model trained for fewer epochs than the others
+            cells.pop()
+        curves[m] = [number(c) for c in cells]
+    return curves
+
+
+def _is_mistake(item: object) -> bool:
+    """One entry of the misclassified list: test-set index, true and predicted class, confidence in [0, 1]."""
+    return (isinstance(item, dict) and type(item.get("index")) is int and item["index"] >= 0
+            and isinstance(item.get("true"), str) and isinstance(item.get("predicted"), str)
+            and isinstance(item.get("confidence"), (int, float)) and 0 <= item["confidence"] <= 1)
+
+
+def _parse_misclassified(path: Path) -> list[dict]:
+    items = json.loads(path.read_text())
+    if not isinstance(items, list) or not all(map(_is_mistake, items)):
+        raise Corrupt("it is not a list of images with index, true and predicted class and confidence")
+    return items
 
 
 def read_curves(path: Path) -> dict[str, list[float]]:
     """A wide curves CSV (epoch, one column per model) -> {model: values}."""
-    return _read(path, _parse_curves)
+    return read_input(path, "evaluate", _parse_curves)
 
 
 def read_misclassified(path: Path) -> list[dict]:
     """The evaluate stage's list of misclassified test images."""
-    return _read(path, lambda p: json.loads(p.read_text()))
+    return read_input(path, "evaluate", _parse_misclassified)
 
 
 @app.command()

@@ -6,7 +6,6 @@ named on the command line, whose norm and L1 factor come from `params.yaml`.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import fields
@@ -21,6 +20,7 @@ from src.checkpoint import save_checkpoint
 from src.data import DATASET_FILE, load_data
 from src.engine import Switch, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
+from src.files import atomic_dir
 from src.model import ModelConfig, Norm, count_parameters
 from src.params import get_key, load_params
 
@@ -130,16 +130,18 @@ def main(
 
     from dvclive import Live
 
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
+    # DVCLive logs to a temporary folder that replaces `live_dir` only when the stage succeeds: DVC leaves the
+    # previous log in place while the stage runs (`persist: true`), and `Live` would empty the folder it is given.
+    with atomic_dir(live_dir) as live_tmp:
+        live = Live(str(live_tmp), dvcyaml=False, save_dvc_exp=False)
 
-    def log(row: dict) -> None:
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            live.log_metric(key.replace("_", "/"), row[key])
-        live.log_metric("lr", row["lr"])
-        live.log_metric("epoch_seconds", row["epoch_seconds"])
-        live.next_step()
+        def log(row: dict) -> None:
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                live.log_metric(key.replace("_", "/"), row[key])
+            live.log_metric("lr", row["lr"])
+            live.log_metric("epoch_seconds", row["epoch_seconds"])
+            live.next_step()
 
-    try:
         start = time.perf_counter()
         history = fit(model, dataset, cfg, dev, on_epoch=log, progress=progress)
         seconds = time.perf_counter() - start
@@ -149,9 +151,6 @@ def main(
         # the same file (the seconds are in the DVCLive summary).
         save_checkpoint(model_out, model, cfg, variant=variant, params=n_params,
                         device=str(dev), threads=cpu_threads, channels_last=fast_cl, bf16=fast_bf16)
-    except BaseException:
-        shutil.rmtree(live_dir, ignore_errors=True)  # a partial log must not pass for a finished run
-        raise
     print(f"{variant}: final {cfg.split} accuracy {history[-1]['test_acc']:.2f}% in {seconds:.0f}s -> {model_out}")
 
 

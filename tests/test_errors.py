@@ -162,18 +162,18 @@ def test_exploding_loss_leaves_nothing(workdir, capsys):
 def test_evaluate_and_plot_name_missing_or_corrupt_inputs(workdir, capsys):
     assert run("evaluate") == 1
     line = error_line(capsys)
-    assert "dvclive/bn_l1/plots/metrics/train/loss.tsv is missing or corrupt; the train stage writes it" in line
+    assert "dvclive/bn_l1/plots/metrics/train/loss.tsv not found; the train_bn_l1 stage makes it" in line
     for v in ("bn_l1", "gn", "ln"):
         assert run("train", v, "--no-progress") == 0
     Path("models/gn.pt").write_bytes(b"not a model")
     assert run("evaluate") == 1
-    assert "models/gn.pt is not a valid model file" in error_line(capsys)
+    assert "models/gn.pt is corrupt (" in error_line(capsys)
     Path("models/gn.pt").unlink()
     assert run("evaluate") == 1
-    assert "models/gn.pt not found; train_gn makes it" in error_line(capsys)
+    assert "models/gn.pt not found; the train_gn stage makes it" in error_line(capsys)
     assert not Path("metrics").exists()
     assert run("plot") == 1
-    assert "plots/curves/test_loss.csv is missing or corrupt; the evaluate stage writes it" in error_line(capsys)
+    assert "plots/curves/test_loss.csv not found; the evaluate stage makes it" in error_line(capsys)
 
 
 def test_model_of_another_norm_is_a_clear_mismatch(workdir, capsys):
@@ -208,8 +208,15 @@ def test_same_inputs_same_results(workdir):
     assert outputs[0] == outputs[1] and len(outputs[0]) == 4
 
 
+def snapshot(*folders: str) -> dict[Path, bytes]:
+    """Every file under `folders`, by path, with its bytes."""
+    return {p: p.read_bytes() for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_training_exits_promptly_and_leaves_nothing(workdir, sig):
+def test_interrupted_training_exits_promptly_and_keeps_the_previous_outputs(workdir, sig):
+    assert run("train", "gn", "--no-progress") == 0
+    before = snapshot("models", "dvclive")
     set_param("train.epochs", 200)
     log = workdir / "stderr.log"
     with open(log, "w") as stderr:
@@ -219,8 +226,8 @@ def test_interrupted_training_exits_promptly_and_leaves_nothing(workdir, sig):
                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 60
-        while not Path("dvclive/gn/metrics.json").exists() and time.time() < deadline:
-            time.sleep(0.1)  # wait until training has logged its first epoch
+        while not list(Path("dvclive").glob(".gn.*.tmp/metrics.json")) and time.time() < deadline:
+            time.sleep(0.1)  # wait until training has logged its first epoch (beside the previous log)
         proc.send_signal(sig)
         try:
             proc.wait(timeout=20)
@@ -230,5 +237,19 @@ def test_interrupted_training_exits_promptly_and_leaves_nothing(workdir, sig):
     err = log.read_text()
     assert proc.returncode == 130, err
     assert "error: interrupted; no outputs were written" in err and "Traceback" not in err
-    assert not Path("models/gn.pt").exists() and not Path("dvclive/gn").exists()
+    assert snapshot("models", "dvclive") == before
     assert not list(Path(".").rglob("*.tmp"))
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["gn", "--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["gn", "--epoch", "3"], "No such option: --epoch"),
+    ([], "Missing argument 'variant'"),
+])
+def test_usage_errors_are_one_line_with_a_hint(workdir, capsys, argv, message):
+    assert run("train", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith(f"error: {message}"), err
+    assert len(err.splitlines()) == 2 and err.splitlines()[1].startswith("hint: ") and "--help" in err, err
