@@ -21,7 +21,7 @@ from src.checkpoint import load_checkpoint
 from src.data import DATASET_FILE, load_data
 from src.engine import pick_device, predict, score
 from src.errors import UserError
-from src.files import Corrupt, input_error, number, read_input, read_table, write_csv, write_json
+from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
@@ -155,7 +155,7 @@ def main(
     split = "validation" if validation else "test"
     dataset = load_data(data).holdout(validation).to(dev)
     labels = dataset.test_labels.cpu()
-    summary, per_class, preds = {}, {}, []
+    summary, per_class, preds, confusion, wrong = {}, {}, [], {}, {}
     for v, spec in variants.items():
         model, ckpt = loaded[v]
         r = score_model(model.to(dev), dataset, batch_size)
@@ -176,16 +176,24 @@ def main(
         write_json(metrics / f"{v}.json", summary[v])
         per_class[v] = per_class_accuracy(r["pred"], labels, len(dataset.classes))
         preds.append(r["pred"])
-        write_csv(plots / "confusion" / f"{v}.csv", ["actual", "predicted"],
-                  [(dataset.classes[a], dataset.classes[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())])
-        write_json(plots / "misclassified" / f"{v}.json", misclassified(r["pred"], r["conf"], labels, dataset.classes))
+        confusion[v] = [(dataset.classes[a], dataset.classes[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())]
+        wrong[v] = misclassified(r["pred"], r["conf"], labels, dataset.classes)
         print(f"{spec['label']:>8}: {split} {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}), "
               f"train {r['train_acc']:.2f}%, gap {summary[v]['gap']:+.2f}, {summary[v]['errors']} errors")
+    # Each folder is replaced as a whole, so that a variant no longer in params.yaml leaves no file behind.
+    with atomic_dir(plots / "confusion") as folder:
+        for v, rows in confusion.items():
+            write_csv(folder / f"{v}.csv", ["actual", "predicted"], rows)
+    with atomic_dir(plots / "misclassified") as folder:
+        for v, items in wrong.items():
+            write_json(folder / f"{v}.json", items)
     columns = ["epoch", *(spec["label"] for spec in variants.values())]
-    for name in CURVES:
-        n_epochs = max(len(h[name]) for h in histories.values())
-        rows = [[e + 1, *(h[name][e] if e < len(h[name]) else "" for h in histories.values())] for e in range(n_epochs)]
-        write_csv(plots / "curves" / f"{name.replace('/', '_')}.csv", columns, rows)
+    with atomic_dir(plots / "curves") as folder:
+        for name in CURVES:
+            n_epochs = max(len(h[name]) for h in histories.values())
+            rows = [[e + 1, *(h[name][e] if e < len(h[name]) else "" for h in histories.values())]
+                    for e in range(n_epochs)]
+            write_csv(folder / f"{name.replace('/', '_')}.csv", columns, rows)
     write_csv(plots / "per_class_accuracy.csv", ["class", *columns[1:]],
               [[name, *(round(per_class[v][c], 2) for v in variants)] for c, name in enumerate(dataset.classes)])
     comparison = {**compare(summary), **error_overlap(preds, labels)}

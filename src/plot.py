@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from src import cli
 from src.data import DATASET_FILE, load_data
 from src.errors import UserError
-from src.files import Corrupt, atomic_path, number, read_input, read_table
+from src.files import Corrupt, atomic_dir, atomic_path, number, read_input, read_table
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
@@ -140,8 +140,9 @@ def main(
         items = read_misclassified(plots / "misclassified" / f"{v}.json")
         figures[f"misclassified_{v}.png"] = draw_misclassified(
             test_images, items, f"{spec['label']}: 10 misclassified test images (of {len(items)})")
-    for name, fig in figures.items():
-        save_figure(fig, out / name, dpi)
+    with atomic_dir(out) as folder:  # replaced as a whole: no figure of a variant that is gone stays behind
+        for name, fig in figures.items():
+            save_figure(fig, folder / name, dpi)
     print(f"wrote {len(figures)} figures to {out}/")
 
 
