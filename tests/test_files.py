@@ -166,7 +166,7 @@ WRITES = [
     ("train", ["gn", "--no-progress", "--live-dir", "{m}/gn"], "gn/metrics.json"),
     ("evaluate", ["--metrics", "{m}"], "gn.json"),
     ("evaluate", ["--plots", "{m}"], "confusion/gn.csv"),
-    ("plot", ["--out", "{m}"], "test_loss.png"),
+    ("plot", ["--out", "{m}/images"], "images/test_loss.png"),
 ]
 CAUSES = {"full": "no space left on device", "read-only": "read-only file system"}
 
@@ -186,3 +186,20 @@ def test_an_output_on_a_full_or_read_only_disk_is_one_clear_error_and_changes_no
     assert "previous outputs are unchanged" in hint
     assert snapshot(mount) == on_mount  # no partial file, and the previous output as it was
     assert snapshot(in_workspace) == before  # nor did any other output of the stage change
+
+
+def test_output_folders_are_replaced_whole_so_no_stale_file_stays(in_workspace, tmp_path):
+    """With `persist: true` DVC no longer empties output folders: a variant dropped from params.yaml must not
+    leave its files behind (evaluate and plot write their folders to the side and swap them in)."""
+    plots, out = tmp_path / "plots", tmp_path / "images"
+    for stale in (plots / "confusion" / "old.csv", plots / "misclassified" / "old.json", plots / "curves" / "x.csv",
+                  out / "misclassified_old.png"):
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_text("from a variant that is gone")
+    assert run("evaluate", "--plots", str(plots), "--metrics", str(tmp_path / "metrics")) == 0
+    assert run("plot", "--plots", str(plots), "--out", str(out)) == 0
+    assert sorted(p.name for p in (plots / "confusion").iterdir()) == [f"{v}.csv" for v in VARIANTS]
+    assert sorted(p.name for p in (plots / "misclassified").iterdir()) == [f"{v}.json" for v in VARIANTS]
+    assert not (plots / "curves" / "x.csv").exists() and (plots / "curves" / "test_acc.csv").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["test_loss.png", "test_accuracy.png", *(f"misclassified_{v}.png" for v in VARIANTS)])
