@@ -42,7 +42,7 @@ lint: setup
 	$(BIN)/ruff check src tests tools benchmarks
 
 bench: setup
-	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.throughput --profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -12,7 +12,8 @@ round by round:
   (tensors resident on the device, batched `src.augment.augment`), on a subset
   of `--steps` batches for one epoch, timed by the `epoch_seconds` it reports
   (training only, evaluation excluded), once per `--modes` entry
-  (fp32, channels_last, bf16, channels_last+bf16).
+  (fp32, channels_last, bf16, stem+bf16, channels_last+bf16; `stem` is channels-last
+  for the convolutions before the pool only).
 
 Each measurement starts from a fresh model and skips `--warmup` steps first (a
 short `fit` for the project). It also times evaluation on the test set
@@ -22,6 +23,12 @@ table at the end gives medians over `--rounds`.
 
     python -m benchmarks.throughput                      # all variants and modes
     python -m benchmarks.throughput --variants gn --modes fp32,bf16 --rounds 5
+    python -m benchmarks.throughput --profile            # also: where a default step spends its time
+
+With `--profile`, each variant's default mode also runs under `torch.profiler`
+and the share of the step's time per operator group is printed (self time of
+the profiled ops: convolutions, norms, pooling, ...), so that the next round of
+speed work starts from data.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from torchvision.datasets.vision import VisionDataset
 
 from src.data import DATASET_FILE, Data, load_data
 from src.engine import (
+    Layout,
     NonFiniteLoss,
     TrainConfig,
     fit,
@@ -64,14 +72,15 @@ from src.train import variant_configs
 
 EPOCH_IMAGES = 60_000  # the per-epoch seconds are given for a full MNIST training set
 BASELINE = "baseline"
-# Mode name -> (channels_last, bf16) of the project's TrainConfig. `default` is params.yaml's setting as the
+# Mode name -> (channels_last layout, bf16) of the project's TrainConfig. `default` is params.yaml's setting as the
 # pipeline resolves it on this device (`src.engine.resolve_fast_path`); the others force each combination.
 MODES = {
     "default": (None, None),
-    "fp32": (False, False),
-    "channels_last": (True, False),
-    "bf16": (False, True),
-    "channels_last+bf16": (True, True),
+    "fp32": (Layout.false, False),
+    "channels_last": (Layout.true, False),
+    "bf16": (Layout.false, True),
+    "stem+bf16": (Layout.stem, True),
+    "channels_last+bf16": (Layout.true, True),
 }
 
 
@@ -161,7 +170,8 @@ def time_predict(model: torch.nn.Module, data: Data, cfg: TrainConfig, device: t
     As in the pipeline, scoring is in float32 whatever the training precision, in the mode's memory format.
     """
     images = data.test_images[:n]
-    channels_last, _ = resolve_fast_path(cfg, model.cfg.norm, device)
+    layout, _ = resolve_fast_path(cfg, model.cfg.norm, device)
+    channels_last = layout == Layout.true
     _sync(device)
     start = time.perf_counter()
     predict(model, images, data.mean, data.std, batch_size, channels_last=channels_last)
@@ -300,9 +310,48 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
 # Report.
 
 
-def mode_name(channels_last: bool, bf16: bool) -> str:
-    """The MODES name of a resolved (channels_last, bf16) pair."""
-    return next(name for name, flags in MODES.items() if flags == (channels_last, bf16))
+# Operator groups of the profile: the first group whose pattern is in an op's name takes its time.
+OP_GROUPS = {
+    "convolution backward": ("convolution_backward",),
+    "convolution forward": ("convolution", "conv2d"),
+    "norm backward": ("batch_norm_backward", "group_norm_backward", "batch_norm_update"),
+    "norm forward": ("batch_norm", "group_norm"),
+    "max-pool": ("max_pool",),
+    "ReLU": ("threshold_backward", "relu", "clamp_min"),
+    "copies and casts": ("copy_", "_to_copy", "contiguous"),
+    "optimizer": ("SGD", "_foreach", "clip_grad", "linalg_vector_norm"),
+    "augmentation": ("grid_sampler", "affine_grid", "bmm"),  # affine_grid's matrix product is a bmm
+    "weight standardization": ("var_mean", "rsqrt"),
+}
+
+
+def profile_step(model_cfg: ModelConfig, cfg: TrainConfig, data: Data, device: torch.device) -> dict[str, float]:
+    """Share (%) of the profiled self time per `OP_GROUPS` group (plus "other") in one short `fit` epoch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    time_project(model_cfg, cfg, data, device)  # warm up the kernels and the allocator
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        time_project(model_cfg, cfg, data, device)
+    shares = dict.fromkeys([*OP_GROUPS, "other"], 0.0)
+    for event in prof.key_averages():
+        if event.key.startswith("ProfilerStep") or event.key in ("aten::empty", "aten::empty_strided"):
+            continue
+        group = next((g for g, patterns in OP_GROUPS.items() if any(p in event.key for p in patterns)), "other")
+        shares[group] += event.self_cpu_time_total + getattr(event, "self_device_time_total", 0)
+    total = sum(shares.values()) or 1.0
+    return {g: 100 * t / total for g, t in shares.items()}
+
+
+def format_profile(variant: str, mode: str, shares: dict[str, float]) -> str:
+    parts = ", ".join(f"{g} {s:.0f}%" for g, s in sorted(shares.items(), key=lambda kv: -kv[1]) if s >= 0.5)
+    return f"  {variant} {mode}: {parts}"
+
+
+def mode_name(layout: Layout, bf16: bool) -> str:
+    """The MODES name of a resolved (layout, bf16) pair."""
+    return next((name for name, flags in MODES.items() if flags == (layout, bf16)),
+                f"channels_last={layout.value}+{'bf16' if bf16 else 'fp32'}")
 
 
 def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int,
@@ -409,6 +458,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=None, help="test images to time evaluation on; 0 skips it "
                    "[default: the whole test set]")
     p.add_argument("--eval-batch-size", type=int, default=None, help="[default: params.yaml evaluate.batch_size]")
+    p.add_argument("--profile", action="store_true", help="also print each variant's share of step time per "
+                   "operator group (torch.profiler, default mode)")
     args = p.parse_args(argv)
     for name in ("steps", "rounds", "baseline_batch_size"):
         if getattr(args, name) < 1:
@@ -472,6 +523,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s; "
           f"x fp32 = against the project in fp32; s/epoch = {EPOCH_IMAGES:,} training images at that rate\n")
     print(format_table(rows, device))
+    if args.profile:
+        print(f"\nshare of a training step's time per operator group (torch.profiler, {args.steps} steps):")
+        for variant in variants:
+            model_cfg, cfg = variant_configs(params, variant)
+            n_test = min(cfg.batch_size, len(data.test_images))
+            fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
+            default = mode_name(*resolve_fast_path(cfg, model_cfg.norm, device))
+            print(format_profile(variant, default, profile_step(model_cfg, cfg, fit_data, device)), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"\nprocess peak RSS {rss:,.0f} MiB; total {time.perf_counter() - start:.0f}s", flush=True)
     return rows

@@ -19,6 +19,15 @@ from src.errors import ConfigError, UserError
 from src.model import ModelConfig, Net
 
 
+def _parse(cls: type[Enum], value: object) -> Enum:
+    """A member of `cls` from its name in any case; YAML booleans become `true` / `false`."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, bool):
+        return cls("true" if value else "false")
+    return cls(str(value).lower())
+
+
 class Switch(str, Enum):
     """An on/off setting that `auto` decides from the device and the model (`resolve_fast_path`)."""
 
@@ -26,14 +35,18 @@ class Switch(str, Enum):
     true = "true"
     false = "false"
 
-    @classmethod
-    def parse(cls, value: object) -> Switch:
-        """`auto`, `true` or `false`; YAML booleans become `true` / `false`."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, bool):
-            return cls.true if value else cls.false
-        return cls(str(value).lower())
+    parse = classmethod(_parse)
+
+
+class Layout(str, Enum):
+    """`train.channels_last`: which layers run in the channels-last memory format (`auto`: `resolve_fast_path`)."""
+
+    auto = "auto"
+    true = "true"  # the whole model
+    false = "false"  # none: NCHW throughout
+    stem = "stem"  # only the convolutions before the pool; norms and the rest in NCHW
+
+    parse = classmethod(_parse)
 
 
 @dataclass(frozen=True)
@@ -55,15 +68,16 @@ are the shipped recipe."""
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # clip the gradients' global norm to this; 0 = off
     validation: int = 0  # hold out the last N training images and score them instead of the test set; 0 = off
-    channels_last: Switch | bool | str = Switch.auto  # channels-last memory format; see resolve_fast_path
+    channels_last: Layout | bool | str = Layout.auto  # channels-last memory format; see resolve_fast_path
     bf16: Switch | bool | str = Switch.auto  # bfloat16 autocast; see resolve_fast_path
 
     def __post_init__(self) -> None:
-        for name in ("channels_last", "bf16"):
+        for name, kind in (("channels_last", Layout), ("bf16", Switch)):
             try:
-                object.__setattr__(self, name, Switch.parse(getattr(self, name)))
+                object.__setattr__(self, name, kind.parse(getattr(self, name)))
             except ValueError:
-                raise ConfigError(f"train.{name} must be auto, true or false (got {getattr(self, name)!r})") from None
+                choices = ", ".join(member.value for member in kind)
+                raise ConfigError(f"train.{name} must be one of {choices} (got {getattr(self, name)!r})") from None
         rules = {  # field: (valid?, what is allowed)
             "epochs": (self.epochs >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
@@ -129,27 +143,60 @@ def parse_threads(value: int | str) -> int | None:
     raise ConfigError(f"train.threads must be auto or a positive integer (got {value!r})")
 
 
+def amx_cpu() -> bool:
+    """Whether this CPU has AMX tiles (Xeon since Sapphire Rapids), on which oneDNN has other bf16 kernels."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16); elsewhere bf16 is slower than fp32."""
     checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
     return any(check() for check in checks if check is not None)
 
 
-def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tuple[bool, bool]:
-    """(channels_last, bf16) for training `norm` on `device`, deciding each `auto` setting.
+def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tuple[Layout, bool]:
+    """(layout, bf16) for training `norm` on `device`, deciding each `auto` setting; the layout is never `auto`.
 
-    The choices follow `python -m benchmarks.throughput` on a 2-core Xeon with AMX (2 threads), default
-    model: bf16 autocast makes a step 1.3x faster on a CPU with native bfloat16 (elsewhere it is emulated
-    and slower). Channels-last helps the GroupNorm-based models in float32 only (GN 1.20x, LN 1.29x); with
-    bf16 plain NCHW is faster for every norm (LN 0.92x, GN 0.47x, BN 0.56x in channels-last: PyTorch's
-    channels-last kernels are slow for the 12-channel layer and for GroupNorm in bf16). On a GPU this
-    small model is bound by kernel launches and both options made it slower, so `auto` turns them off there.
+    The choices follow `python -m benchmarks.throughput` (2 threads, default model). bf16 autocast is on where
+    the CPU computes bfloat16 natively (elsewhere it is emulated and slower). With bf16 on a CPU with AVX512-BF16
+    but no AMX (an AMD EPYC), the 8 -> 12 convolution over 26x26 maps takes a third of the step in NCHW, half
+    as long in channels-last, while BatchNorm and GroupNorm are several times slower in channels-last: `stem`
+    (channels-last for the convolutions before the pool only) was 1.1-1.6x faster than plain NCHW there, and
+    whole-model channels-last slower for BN and GN. On a Xeon with AMX plain NCHW was fastest with bf16 for
+    every norm. Without bf16, channels-last helps GN and LN (1.2-1.3x). On a GPU this small model is bound by
+    kernel launches and both options made it slower, so `auto` turns them off there.
     """
     on_cpu = device.type == "cpu"
     bf16 = on_cpu and native_bf16_cpu() if cfg.bf16 == Switch.auto else cfg.bf16 == Switch.true
-    helps = norm in ("gn", "ln") and not bf16
-    channels_last = on_cpu and helps if cfg.channels_last == Switch.auto else cfg.channels_last == Switch.true
-    return channels_last, bf16
+    if cfg.channels_last != Layout.auto:
+        return cfg.channels_last, bf16
+    if not on_cpu:
+        return Layout.false, bf16
+    if bf16:
+        return (Layout.false if amx_cpu() else Layout.stem), bf16
+    return (Layout.true if norm in ("gn", "ln") else Layout.false), bf16
+
+
+def stem_channels_last(model: Net) -> list[torch.utils.hooks.RemovableHandle]:
+    """Run the convolutions before the pool (but the first, on one channel) in channels-last and hand NCHW on
+    (`Layout.stem`).
+
+    A convolution computes in its input's memory format, so a forward pre-hook converts the input and a forward
+    hook converts the output back; the weights, and so the model file, stay as they are. Returns the hooks'
+    handles, for `.remove()`.
+    """
+    handles = []
+    for module in model.features:
+        if isinstance(module, nn.MaxPool2d):
+            break
+        conv = module[0]
+        if conv.in_channels == 1:  # one input channel: the same memory either way, and its backward was slower
+            continue
+        handles.append(conv.register_forward_pre_hook(
+            lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])))
+        handles.append(conv.register_forward_hook(lambda _, args, out: out.contiguous()))
+    return handles
 
 
 def physical_cores() -> int:
@@ -243,9 +290,11 @@ def fit(
     torch.manual_seed(cfg.seed)  # dropout
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
     model.to(device)
-    channels_last, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
+    layout, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
+    channels_last = layout == Layout.true
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
+    hooks = stem_channels_last(model) if layout == Layout.stem else []
     params = list(model.parameters())
     opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
@@ -293,6 +342,8 @@ def fit(
                   flush=True)
         if on_epoch:
             on_epoch(row)
+    for hook in hooks:
+        hook.remove()
     return history
 
 

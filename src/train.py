@@ -18,7 +18,7 @@ import typer
 from src import cli
 from src.checkpoint import save_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import Switch, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
+from src.engine import Layout, Switch, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
 from src.files import atomic_dir
 from src.model import ModelConfig, Norm, count_parameters
@@ -97,7 +97,8 @@ def main(
     grad_clip: Annotated[float, typer.Option(help="Clip the gradients' global norm to this (0: off).")],
     validation: Annotated[int, typer.Option(help="Hold out the last N training images and score them instead of "
                                                  "the test set (0: off).")],
-    channels_last: Annotated[Switch, typer.Option(help="Channels-last memory format (auto: CPU, GN and LN in fp32).")],
+    channels_last: Annotated[Layout, typer.Option(help="Channels-last memory format: true, false, or stem (the "
+                                                      "convolutions before the pool); auto: see the docs.")],
     bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
     threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
@@ -120,10 +121,10 @@ def main(
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)
     n_params = count_parameters(model)
-    fast_cl, fast_bf16 = resolve_fast_path(cfg, norm, dev)
+    layout, fast_bf16 = resolve_fast_path(cfg, norm, dev)
     cpu_threads = torch.get_num_threads() if dev.type == "cpu" else None
     print(f"{variant}: {norm.upper()} model, {n_params} parameters, l1={l1}, device {dev} "
-          f"({'bf16' if fast_bf16 else 'fp32'}{', channels-last' if fast_cl else ''}"
+          f"({'bf16' if fast_bf16 else 'fp32'}{'' if layout == Layout.false else f', channels-last: {layout.value}'}"
           f"{f', {cpu_threads} threads' if cpu_threads else ''}), "
           f"{len(dataset.train_images) - cfg.validation} train / "
           f"{cfg.validation or len(dataset.test_images)} {cfg.split} images")
@@ -150,7 +151,7 @@ def main(
         # Only what rebuilds the model and says how it was trained: no timing, so that the same training gives
         # the same file (the seconds are in the DVCLive summary).
         save_checkpoint(model_out, model, cfg, variant=variant, params=n_params,
-                        device=str(dev), threads=cpu_threads, channels_last=fast_cl, bf16=fast_bf16)
+                        device=str(dev), threads=cpu_threads, channels_last=layout.value, bf16=fast_bf16)
     print(f"{variant}: final {cfg.split} accuracy {history[-1]['test_acc']:.2f}% in {seconds:.0f}s -> {model_out}")
 
 

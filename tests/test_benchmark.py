@@ -93,3 +93,12 @@ def test_one_cycle_schedule_never_divides_by_zero(n):
         opt.step()
         sched.step()
     assert all(torch.isfinite(torch.tensor(sched.get_last_lr())))
+
+
+def test_profile_prints_each_operator_groups_share_of_the_step(tiny_npz, capsys):
+    throughput.main(["--data", str(tiny_npz), "--variants", "bn_l1", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                     "--device", "cpu", "--modes", "default", "--eval-images", "0", "--profile"])
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("  bn_l1 ") and "%" in s)
+    shares = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].rstrip("%").split("%, "))
+    assert {"convolution backward", "convolution forward", "norm forward", "max-pool"} <= set(shares)
+    assert 95 <= sum(map(int, shares.values())) <= 105  # shares of one whole, each rounded

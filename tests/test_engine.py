@@ -3,7 +3,7 @@ import torch
 
 from src import engine
 from src.data import load_data
-from src.engine import NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
+from src.engine import Layout, NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig
 from src.params import checked
@@ -105,21 +105,43 @@ def test_tiny_runs_and_channels_last_with_l1(dataset_file):
     assert len(history) == 1
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_fast_path_follows_the_benchmark(native, monkeypatch):
-    """auto: bf16 only on CPUs with native bf16; channels-last on the CPU for LN, and GN in fp32; neither on CUDA."""
+@pytest.mark.parametrize("native, amx", [(True, True), (True, False), (False, False)])
+def test_auto_fast_path_follows_the_benchmark(native, amx, monkeypatch):
+    """auto: bf16 only on CPUs with native bf16, then NCHW with AMX and channels-last for the stem without;
+    in fp32 channels-last for GN and LN; neither on CUDA."""
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(engine, "amx_cpu", lambda: amx)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = TrainConfig()
-    assert resolve_fast_path(auto, "bn", cpu) == (False, native)
-    assert resolve_fast_path(auto, "ln", cpu) == (not native, native)
-    assert resolve_fast_path(auto, "gn", cpu) == (not native, native)
-    assert resolve_fast_path(auto, "bn", cuda) == (False, False)
+    bf16_layout = Layout.false if amx else Layout.stem
+    for norm in ("bn", "gn", "ln"):
+        fp32_layout = Layout.true if norm != "bn" else Layout.false
+        assert resolve_fast_path(auto, norm, cpu) == ((bf16_layout if native else fp32_layout), native)
+        assert resolve_fast_path(auto, norm, cuda) == (Layout.false, False)
     forced = TrainConfig(channels_last=True, bf16=False)  # YAML booleans
-    assert resolve_fast_path(forced, "gn", cuda) == (True, False)
+    assert resolve_fast_path(forced, "gn", cuda) == (Layout.true, False)
+    assert resolve_fast_path(TrainConfig(channels_last="STEM"), "bn", cuda)[0] == Layout.stem
     assert TrainConfig(channels_last="auto", bf16="TRUE").bf16 == engine.Switch.true
-    with pytest.raises(ConfigError, match="train.bf16 must be auto, true or false"):
+    with pytest.raises(ConfigError, match="train.bf16 must be one of auto, true, false"):
         TrainConfig(bf16="fast")
+    with pytest.raises(ConfigError, match="train.channels_last must be one of auto, true, false, stem"):
+        TrainConfig(channels_last="fast")
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_stem_layout_computes_what_nchw_computes(dataset_file, norm):
+    """`stem` changes where the first convolutions compute, not what: same outputs within float rounding, NCHW
+    after the pool, and no hooks left on the model once fit returns."""
+    model = make_model(ModelConfig(norm=norm), seed=1).eval()
+    x = torch.randn(4, 1, 28, 28)
+    plain = model(x)
+    handles = engine.stem_channels_last(model)
+    seen = []
+    model.features[3].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
+    assert len(handles) == 2 and seen == [True]  # the 8 -> 12 convolution (the first has one input channel)
+    trained, _ = _fit(dataset_file, norm=norm, epochs=1, channels_last="stem")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in trained.modules())
 
 
 def test_omp_num_threads_wins_over_the_core_count(monkeypatch):
