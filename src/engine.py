@@ -101,7 +101,12 @@ are the shipped recipe."""
     @property
     def split(self) -> str:
         """What the per-epoch and final scores are measured on: `test`, or `validation` for a tuning run."""
-        return "validation" if self.validation else "test"
+        return split_name(self.validation)
+
+
+def split_name(validation: int) -> str:
+    """The split that `train.validation` scores: `test`, or `validation` when it holds images out."""
+    return "validation" if validation else "test"
 
 
 def check_l1(norm: str, l1: float) -> None:

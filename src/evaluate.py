@@ -19,7 +19,7 @@ import typer
 from src import cli
 from src.checkpoint import load_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import pick_device, predict, score
+from src.engine import pick_device, predict, score, split_name
 from src.errors import UserError
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
 from src.params import get_key, load_params
@@ -152,7 +152,7 @@ def main(
     summaries = {v: read_summary(live / v) for v in variants}
     loaded = {v: load_variant(v, spec["norm"], models / f"{v}.pt") for v, spec in variants.items()}
     validation = held_out(loaded)
-    split = "validation" if validation else "test"
+    split = split_name(validation)
     dataset = load_data(data).holdout(validation).to(dev)
     labels = dataset.test_labels.cpu()
     summary, per_class, preds, confusion, wrong = {}, {}, [], {}, {}
