@@ -22,7 +22,14 @@ override NORMCMP_FASHION_MNIST_DIR := $(abspath $(NORMCMP_FASHION_MNIST_DIR))
 export NORMCMP_FASHION_MNIST_DIR
 endif
 
-.PHONY: setup repro test lint bench clean
+# The write-up's recipe (docs/yardstick.md) as overrides of params.yaml for `dvc exp run`.
+WRITEUP_RECIPE := -S model.arch=writeup -S train.batch_size=64 -S train.lr=0.015 -S train.pct_start=0.3 \
+	-S train.momentum=0.95 -S train.cycle_momentum=true -S train.nesterov=false -S train.brightness=0.4 \
+	-S train.contrast=0.4 -S train.label_smoothing=0.0 -S train.grad_clip=0.0 -S train.l1_tensor_mean=true
+# Seeds of `make seeds` (seed 1 is the committed run) and `make yardstick`.
+SEEDS ?= 2,3,4,5
+
+.PHONY: setup repro test lint bench seeds yardstick clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +50,18 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.throughput --profile $(BENCH_ARGS)
+
+# One DVC experiment per seed of SEEDS, queued and run one after the other; then the table over the seeds.
+seeds: setup
+	$(BIN)/dvc exp run --queue -S 'train.seed=$(SEEDS)'
+	$(BIN)/dvc exp run --run-all -j 1
+	$(BIN)/python -m tools.seed_table --by model.arch
+
+yardstick: SEEDS = 1,2,3,4,5
+yardstick: setup
+	$(BIN)/dvc exp run --queue $(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)'
+	$(BIN)/dvc exp run --run-all -j 1
+	$(BIN)/python -m tools.seed_table --by model.arch
 
 clean:
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -58,9 +59,12 @@ are the shipped recipe."""
     batch_size: int = 128
     lr: float = 0.05  # peak learning rate of the one-cycle schedule
     momentum: float = 0.9
+    nesterov: bool = True
+    cycle_momentum: bool = False  # True: momentum cycles inversely to the learning rate, from 0.85 to `momentum`
     weight_decay: float = 0.0
     pct_start: float = 0.2  # fraction of steps spent warming up to the peak
     l1: float = 0.0  # L1 penalty factor on all weights; BatchNorm models only
+    l1_tensor_mean: bool = False  # the L1 term: False = sum of all |w|; True = sum of each tensor's mean |w|
     seed: int = 1
     rotation: float = 7.0  # degrees, U(-r, r)
     brightness: float = 0.1
@@ -82,7 +86,9 @@ are the shipped recipe."""
             "epochs": (self.epochs >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "lr": (self.lr > 0, "> 0"),
-            "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+            "momentum": (0.85 <= self.momentum < 1 if self.cycle_momentum else 0 <= self.momentum < 1,
+                         "in [0.85, 1) with train.cycle_momentum (it cycles from 0.85 up to it)" if self.cycle_momentum
+                         else "in [0, 1)"),
             "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "pct_start": (0 < self.pct_start < 1, "in (0, 1)"),
             "l1": (self.l1 >= 0, ">= 0"),
@@ -192,10 +198,8 @@ def stem_channels_last(model: Net) -> list[torch.utils.hooks.RemovableHandle]:
     handles, for `.remove()`.
     """
     handles = []
-    for module in model.features:
-        if isinstance(module, nn.MaxPool2d):
-            break
-        conv = module[0]
+    stem = itertools.takewhile(lambda module: not isinstance(module, nn.MaxPool2d), model.features)
+    for conv in (m for module in stem for m in module.modules() if isinstance(m, nn.Conv2d)):
         if conv.in_channels == 1:  # one input channel: the same memory either way, and its backward was slower
             continue
         handles.append(conv.register_forward_pre_hook(
@@ -242,13 +246,16 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
                    total_steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
-    """SGD (Nesterov momentum) and its one-cycle learning-rate schedule over `total_steps` steps."""
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+    """SGD (with Nesterov momentum unless `cfg.nesterov` is off) and its one-cycle learning-rate schedule over
+    `total_steps` steps: from `lr / 25` up to `lr`, then down to `lr / 25e4` (OneCycleLR's defaults); with
+    `cfg.cycle_momentum` the momentum falls from `momentum` to 0.85 while the rate rises, and back."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
     # OneCycleLR divides by (pct_start * total - 1) and by its complement: keep both from zero on tiny runs.
     pct_start = min(max(cfg.pct_start, 1.5 / total_steps), 0.9)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
-                                                cycle_momentum=False)
+                                                cycle_momentum=cfg.cycle_momentum, base_momentum=0.85,
+                                                max_momentum=cfg.momentum)
     return opt, sched
 
 
@@ -257,7 +264,7 @@ def train_step(logits: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter]
     """One update from a batch's logits: label-smoothed cross-entropy plus the L1 penalty on `params`,
     backward, gradient clipping, the optimizer's and the schedule's step. Returns the cross-entropy (no L1)."""
     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-    objective = loss + cfg.l1 * torch.cat([p.reshape(-1) for p in params]).abs().sum() if cfg.l1 else loss
+    objective = loss + cfg.l1 * l1_term(params, cfg.l1_tensor_mean) if cfg.l1 else loss
     opt.zero_grad(set_to_none=True)
     objective.backward()
     if cfg.grad_clip:
@@ -265,6 +272,14 @@ def train_step(logits: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter]
     opt.step()
     sched.step()
     return loss
+
+
+def l1_term(params: list[nn.Parameter], tensor_mean: bool = False) -> torch.Tensor:
+    """The L1 penalty before its factor: the sum of all |w|, or with `tensor_mean` the sum over the tensors of
+    each one's mean |w| (the write-up's form, which weighs a 16-value norm tensor like a 2,304-value kernel)."""
+    if tensor_mean:
+        return torch.stack([p.abs().mean() for p in params]).sum()
+    return torch.cat([p.reshape(-1) for p in params]).abs().sum()
 
 
 class NonFiniteLoss(UserError):

@@ -6,6 +6,9 @@ layer size depends on a hard-coded feature-map size. With the project's settings
     28x28 -> conv3x3 8 -> conv3x3 12 -> maxpool -> conv3x3 16 (x3) -> conv3x3 pad 1, 16 -> conv1x1 10 -> average
 
 every 3x3 convolution weight-standardized and followed by the norm and a ReLU (9,914 parameters).
+
+`arch="writeup"` builds instead the network of the write-up this project reproduces, the yardstick
+(docs/yardstick.md): 8,880 parameters, ReLU before the norm, a 1x1 transition and element-wise dropout.
 """
 
 from __future__ import annotations
@@ -26,11 +29,19 @@ class Norm(str, Enum):
     ln = "ln"  # GroupNorm(1, C): statistics per image, over all channels and H, W
 
 
+class Arch(str, Enum):
+    """Which network `Net` builds."""
+
+    default = "default"  # this project's network, shaped by `width`, `gn_groups`, `dropout`, `weight_std`
+    writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those four settings do not apply
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a `Net`; saved in every checkpoint. The defaults build the shipped network."""
 
     norm: str = "bn"
+    arch: str = "default"
     gn_groups: int = 4
     width: int = 16  # channels of the wide 3x3 convolutions
     dropout: float = 0.0
@@ -39,6 +50,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         norm = Norm(self.norm).value  # ValueError on an unknown norm
         object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "arch", Arch(self.arch).value)
+        if self.arch == Arch.writeup:
+            return
         plan = channel_plan(self.width)
         for c in plan:
             if norm == "gn" and c % self.gn_groups:
@@ -87,12 +101,40 @@ class ConvBlock(nn.Sequential):
         )
 
 
+# The write-up's network: (in, out, GroupNorm groups, padding, dropout) of its six 3x3 convolutions, and where
+# its 1x1 transition (16 -> 8, neither norm nor ReLU) and the max-pool come: after the second one.
+WRITEUP_PLAN = [(1, 8, 2, 0, 0.0), (8, 16, 4, 0, 0.0), (8, 12, 3, 0, 0.0), (12, 16, 4, 0, 0.0),
+                (16, 16, 4, 0, 0.04), (16, 16, 4, 1, 0.04)]
+
+
+class WriteupBlock(nn.Sequential):
+    """The write-up's block: conv (no bias) -> ReLU -> norm -> element-wise dropout."""
+
+    def __init__(self, cin: int, cout: int, groups: int, padding: int, dropout: float, norm: str) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=padding, bias=False),
+            nn.ReLU(inplace=True),
+            norm_layer(norm, cout, groups),
+            nn.Dropout(dropout) if dropout else nn.Identity(),
+        )
+
+
 class Net(nn.Module):
     """A sub-10k-parameter CNN for 28x28 grey images, 10 classes."""
 
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
+        if cfg.arch == Arch.writeup:
+            blocks = [WriteupBlock(*spec, norm=cfg.norm) for spec in WRITEUP_PLAN]
+            self.features = nn.Sequential(
+                *blocks[:2],  # (B, 16, 24, 24)
+                nn.Conv2d(16, 8, 1, bias=False),  # the transition
+                nn.MaxPool2d(2),  # (B, 8, 12, 12)
+                *blocks[2:],  # (B, 16, 6, 6)
+            )
+            self.head = nn.Conv2d(16, 10, 1, bias=False)
+            return
         c1, c2, c3, c4, c5, c6 = channel_plan(cfg.width)
         self.features = nn.Sequential(
             ConvBlock(1, c1, 3, cfg),  # (B, c1, 26, 26)
@@ -106,7 +148,8 @@ class Net(nn.Module):
         self.head = nn.Conv2d(c6, 10, 1)  # (B, 10, 6, 6) -> averaged to (B, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 10) for images (B, 1, 28, 28)."""
+        """Logits (B, 10) for images (B, 1, 28, 28). (The 1x1 head and the average commute: the write-up's
+        average-then-convolve is the same map.)"""
         x = self.head(self.features(x))
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 

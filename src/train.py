@@ -21,7 +21,7 @@ from src.data import DATASET_FILE, load_data
 from src.engine import Layout, Switch, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
 from src.files import atomic_dir
-from src.model import ModelConfig, Norm, count_parameters
+from src.model import Arch, ModelConfig, Norm, count_parameters
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
@@ -86,13 +86,18 @@ def main(
     epochs: Annotated[int, typer.Option(help="Training epochs.")],
     batch_size: Annotated[int, typer.Option(help="Images per optimizer step.")],
     lr: Annotated[float, typer.Option(help="Peak learning rate of the one-cycle schedule.")],
-    momentum: Annotated[float, typer.Option(help="SGD (Nesterov) momentum.")],
+    momentum: Annotated[float, typer.Option(help="SGD momentum (the peak, with --cycle-momentum).")],
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")],
+    cycle_momentum: Annotated[bool, typer.Option(help="Cycle the momentum inversely to the learning rate, "
+                                                      "between 0.85 and --momentum.")],
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")],
     pct_start: Annotated[float, typer.Option(help="Fraction of steps warming up to the peak rate.")],
     seed: Annotated[int, typer.Option(help="Seed for initialization, order and augmentation.")],
     rotation: Annotated[float, typer.Option(help="Random rotation range, +- degrees.")],
     brightness: Annotated[float, typer.Option(help="Brightness jitter, +- fraction.")],
     contrast: Annotated[float, typer.Option(help="Contrast jitter, +- fraction.")],
+    l1_tensor_mean: Annotated[bool, typer.Option(help="L1 term: the sum of each weight tensor's mean |w| "
+                                                      "(the write-up's form) instead of the sum of all |w|.")],
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy loss.")],
     grad_clip: Annotated[float, typer.Option(help="Clip the gradients' global norm to this (0: off).")],
     validation: Annotated[int, typer.Option(help="Hold out the last N training images and score them instead of "
@@ -102,6 +107,8 @@ def main(
     bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
     threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
+    arch: Annotated[Arch, typer.Option(help="Network: default (this project's) or writeup (the yardstick, "
+                                            "whose fixed shape ignores the four options below).")],
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
     gn_groups: Annotated[int, typer.Option(help="Groups of GroupNorm (gn only).")],
     dropout: Annotated[float, typer.Option(help="Dropout2d rate after each block.")],
@@ -123,7 +130,7 @@ def main(
     n_params = count_parameters(model)
     layout, fast_bf16 = resolve_fast_path(cfg, norm, dev)
     cpu_threads = torch.get_num_threads() if dev.type == "cpu" else None
-    print(f"{variant}: {norm.upper()} model, {n_params} parameters, l1={l1}, device {dev} "
+    print(f"{variant}: {norm.upper()} {'write-up ' if model_cfg.arch == Arch.writeup else ''}model, {n_params} parameters, l1={l1}, device {dev} "
           f"({'bf16' if fast_bf16 else 'fp32'}{'' if layout == Layout.false else f', channels-last: {layout.value}'}"
           f"{f', {cpu_threads} threads' if cpu_threads else ''}), "
           f"{len(dataset.train_images) - cfg.validation} train / "
