@@ -29,7 +29,7 @@ WRITEUP_RECIPE := -S model.arch=writeup -S train.batch_size=64 -S train.lr=0.015
 # Seeds of `make seeds` (seed 1 is the committed run) and `make yardstick`.
 SEEDS ?= 2,3,4,5
 
-.PHONY: setup repro test lint bench seeds yardstick clean
+.PHONY: setup repro test lint bench seeds yardstick study clean
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,11 @@ yardstick: setup
 	$(BIN)/dvc exp run --queue $(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)'
 	$(BIN)/dvc exp run --run-all -j 1
 	$(BIN)/python -m tools.seed_table --by model.arch
+
+# The batch-size study (studies/batch_size/dvc.yaml; about 25 minutes on 2 CPU cores), then its figure's numbers.
+study: setup
+	$(BIN)/dvc repro studies/batch_size/dvc.yaml
+	$(BIN)/dvc metrics show studies/batch_size/metrics.json
 
 clean:
 	rm -rf $(VENV)

@@ -130,7 +130,8 @@ def main(
     n_params = count_parameters(model)
     layout, fast_bf16 = resolve_fast_path(cfg, norm, dev)
     cpu_threads = torch.get_num_threads() if dev.type == "cpu" else None
-    print(f"{variant}: {norm.upper()} {'write-up ' if model_cfg.arch == Arch.writeup else ''}model, {n_params} parameters, l1={l1}, device {dev} "
+    network = "write-up model" if model_cfg.arch == Arch.writeup else "model"
+    print(f"{variant}: {norm.upper()} {network}, {n_params} parameters, l1={l1}, device {dev} "
           f"({'bf16' if fast_bf16 else 'fp32'}{'' if layout == Layout.false else f', channels-last: {layout.value}'}"
           f"{f', {cpu_threads} threads' if cpu_threads else ''}), "
           f"{len(dataset.train_images) - cfg.validation} train / "

@@ -175,3 +175,41 @@ def test_train_threads_wins_over_omp_num_threads(monkeypatch):
     assert checked("train.threads", 2, str) == "2"
     with pytest.raises(UserError, match="train.threads = True must be a string"):
         checked("train.threads", True, str)
+
+
+def test_the_l1_term_per_tensor_mean_weighs_each_tensor_alike():
+    params = [torch.nn.Parameter(torch.full((4,), -2.0)), torch.nn.Parameter(torch.full((100,), 0.5))]
+    assert engine.l1_term(params).item() == pytest.approx(8 + 50)
+    assert engine.l1_term(params, tensor_mean=True).item() == pytest.approx(2 + 0.5)
+
+
+def test_the_writeup_schedule_cycles_the_momentum_and_drops_nesterov():
+    """OneCycleLR with its defaults apart from max_lr, as the write-up ran it: momentum 0.95 at the start and the
+    end, 0.85 at the peak of the learning rate; without cycling the momentum stays put."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = TrainConfig(lr=0.015, momentum=0.95, cycle_momentum=True, nesterov=False, pct_start=0.3)
+    opt, sched = engine.make_optimizer(params, cfg, total_steps=100)
+    assert not opt.param_groups[0]["nesterov"]
+    seen = []
+    for _ in range(100):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+        opt.step()
+        sched.step()
+    peak = max(range(100), key=lambda i: seen[i][0])
+    assert seen[peak][0] == pytest.approx(0.015) and seen[peak][1] == pytest.approx(0.85)
+    assert seen[0] == (pytest.approx(0.015 / 25), pytest.approx(0.95))
+    opt, sched = engine.make_optimizer(params, TrainConfig(), total_steps=100)
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ConfigError, match="train.momentum"):
+        TrainConfig(momentum=0.8, cycle_momentum=True)
+
+
+def test_stem_layout_finds_the_convolutions_of_the_writeup_network():
+    model = make_model(ModelConfig(norm="gn", arch="writeup"), seed=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    plain = model(x)
+    handles = engine.stem_channels_last(model)
+    torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
+    assert len(handles) == 4  # the 8 -> 16 convolution and the 1x1 transition
+    for handle in handles:
+        handle.remove()

@@ -83,3 +83,32 @@ def test_standardized_convolutions_ignore_each_filters_scale_and_offset():
     plain = Net(ModelConfig(norm="gn", weight_std=False)).eval()
     plain.load_state_dict(model.state_dict())
     assert (plain(x) - before).abs().max() > 0.1  # without it, the rescaled weights change the output
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_the_writeup_network_is_the_yardstick_of_docs_yardstick(norm):
+    """8,880 parameters: six bias-free 3x3 convolutions with ReLU before the norm, the 1x1 transition before the
+    pool, GroupNorm groups 2, 4, 3, 4, 4, 4, element-wise dropout 0.04 after the 5th and 6th, a bias-free head."""
+    model = Net(ModelConfig(norm=norm, arch="writeup"))
+    assert count_parameters(model) == 8_880 and model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.padding[0]) for c in convs] == [
+        (1, 8, 3, 0), (8, 16, 3, 0), (16, 8, 1, 0), (8, 12, 3, 0), (12, 16, 3, 0), (16, 16, 3, 0), (16, 16, 3, 1),
+        (16, 10, 1, 0)]
+    assert all(c.bias is None and type(c) is torch.nn.Conv2d for c in convs)
+    assert isinstance(model.features[3], torch.nn.MaxPool2d) and isinstance(model.features[2], torch.nn.Conv2d)
+    blocks = [b for b in model.features if isinstance(b, torch.nn.Sequential)]
+    assert all(isinstance(b[1], torch.nn.ReLU) for b in blocks)  # ReLU, then the norm
+    norms = [b[2] for b in blocks]
+    if norm == "gn":
+        assert [n.num_groups for n in norms] == [2, 4, 3, 4, 4, 4]
+    elif norm == "ln":
+        assert all(isinstance(n, torch.nn.GroupNorm) and n.num_groups == 1 for n in norms)
+    else:
+        assert all(isinstance(n, torch.nn.BatchNorm2d) for n in norms)
+    assert [b[3].p if isinstance(b[3], torch.nn.Dropout) else 0 for b in blocks] == [0, 0, 0, 0, 0.04, 0.04]
+
+
+def test_an_unknown_arch_is_refused():
+    with pytest.raises(ValueError):
+        ModelConfig(arch="resnet")

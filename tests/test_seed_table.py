@@ -61,3 +61,30 @@ def test_a_sweep_gets_one_table_per_value_and_validation_runs_are_kept_apart():
     lr04 = table(groups[("mnist", "validation (100 held out)", "train.lr=0.04")])
     assert lr04.startswith("mnist, validation (100 held out), train.lr=0.04; runs: lr0.04-s1 (seed 1), lr0.04-s2")
     assert "| GN | 99.20 ± 0.14 |" in lr04
+
+
+def test_a_key_missing_from_an_older_commit_counts_as_its_default():
+    exp_show = [
+        {**_run("a" * 40, "old", 1, "mnist", {"gn": 99.5}),  # params.yaml without model.arch
+         "experiments": [{"revs": [{**_run("b" * 40, "new", 2, "mnist", {"gn": 99.4})}]}]},
+    ]
+    exp_show[0]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"] = {"arch": "writeup"}
+    assert [r["group"] for r in runs(exp_show, by=["model.arch", "train.batch_size"])] == [
+        ("mnist", "test", "model.arch=default", "train.batch_size=128"),
+        ("mnist", "test", "model.arch=writeup", "train.batch_size=128")]
+
+
+def test_better_than_tests_each_variant_one_sided():
+    from tools.seed_table import versus
+
+    ours, theirs = ("mnist", "test", "model.arch=default"), ("mnist", "test", "model.arch=writeup")
+    accs = {ours: {"bn": [99.50, 99.52, 99.54], "gn": [99.40, 99.30, 99.50]},
+            theirs: {"bn": [99.40, 99.42, 99.41], "gn": [99.45, 99.35, 99.55]}}
+    found = [{"group": g, "metrics": {v: {"label": v.upper(), "test_acc": a[i]} for v, a in by.items()}}
+             for g, by in accs.items() for i in range(3)]
+    lines = versus(found, ours, theirs).splitlines()
+    bn, gn = (next(line for line in lines if line.startswith(f"| {v} |")) for v in ("BN", "GN"))
+    assert "+0.110" in bn and bn.endswith("| yes |")  # higher on every seed, little spread
+    assert "-0.050" in gn and gn.endswith("| no |")
+    p_gn = float(gn.split("|")[5])
+    assert 0.5 < p_gn < 1  # lower mean: a one-sided p above one half

@@ -11,9 +11,18 @@ parameter, which turns a sweep into one table per value:
     python -m tools.seed_table                    # experiments of the current commit
     python -m tools.seed_table --rev 34f9cd1      # ... of another commit (any `dvc exp show` options)
     python -m tools.seed_table --by train.lr      # a sweep: one table per learning rate
+    python -m tools.seed_table --by model.arch --better-than model.arch=writeup -n 3
+                                                  # our recipe against the yardstick, a test per variant
 
 A run that appears more than once (two baseline commits carrying the same
-committed metrics) is counted once.
+committed metrics) is counted once. A `--by` key that an older commit's
+params.yaml lacks counts as the project's default for it (ModelConfig,
+TrainConfig), so that runs from before the key existed group with their own.
+
+`--better-than KEY=VALUE` compares every other table of the same dataset and
+split with the one of that value: per variant, the difference of the mean test
+accuracy and the p-value of a one-sided Welch t-test (scipy) that the other
+table's mean is the higher.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from enum import Enum
 
 METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap", "seconds_per_epoch")
 
@@ -33,6 +44,25 @@ def param(params: dict, key: str):
     for part in key.split("."):
         params = params.get(part) if isinstance(params, dict) else None
     return params
+
+
+def default(key: str):
+    """The project's default of a `model.*` or `train.*` key (what a run from before the key existed used), or
+    None."""
+    from src.engine import TrainConfig
+    from src.model import ModelConfig
+
+    section, _, name = key.partition(".")
+    config = {"model": ModelConfig, "train": TrainConfig}.get(section)
+    field = next((f for f in fields(config) if f.name == name), None) if config else None
+    if field is None or field.default is MISSING:
+        return None
+    return field.default.value if isinstance(field.default, Enum) else field.default
+
+
+def group_value(params: dict, key: str):
+    value = param(params, key)
+    return default(key) if value is None else value
 
 
 def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
@@ -51,7 +81,7 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
             held = param(params, "train.validation") or 0
             group = (param(params, "download.dataset") or "mnist",
                      f"validation ({held} held out)" if held else "test",
-                     *(f"{key}={param(params, key)}" for key in by))
+                     *(f"{key}={group_value(params, key)}" for key in by))
             per_variant = {path.split("/")[-1].removesuffix(".json"): f["data"] for path, f in files.items()
                            if "data" in f and path != "metrics/comparison.json"}
             seen = [(r["seed"], r["group"], r["metrics"]) for r in found]
@@ -77,12 +107,40 @@ def table(found: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def versus(found: list[dict], ours: tuple, theirs: tuple, metric: str = "test_acc") -> str:
+    """Per variant: the two tables' means of `metric`, their difference and the one-sided Welch t-test's p-value
+    for `ours` being the higher."""
+    from scipy.stats import ttest_ind
+
+    def values(group: tuple, variant: str) -> list[float]:
+        return [r["metrics"][variant][metric] for r in found if r["group"] == group and variant in r["metrics"]]
+
+    variants = sorted({v for r in found if r["group"] in (ours, theirs) for v in r["metrics"]})
+    lines = [f"{', '.join(ours)} against {', '.join(theirs[2:])}: {metric}, one-sided Welch t-test", "",
+             "| variant | ours | theirs | difference | p | ours higher at p < 0.05 |", "|---" * 6 + "|"]
+    for v in variants:
+        a, b = values(ours, v), values(theirs, v)
+        if len(a) < 2 or len(b) < 2:
+            lines.append(f"| {v} | {len(a)} runs | {len(b)} runs | | | needs 2 runs or more on each side |")
+            continue
+        p = float(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+        label = next(r["metrics"][v].get("label", v) for r in found if v in r["metrics"])
+        lines.append(f"| {label} | {statistics.mean(a):.3f} ± {statistics.stdev(a):.3f} (n={len(a)}) | "
+                     f"{statistics.mean(b):.3f} ± {statistics.stdev(b):.3f} (n={len(b)}) | "
+                     f"{statistics.mean(a) - statistics.mean(b):+.3f} | {p:.3f} | {'yes' if p < 0.05 else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="Other arguments go to `dvc exp show` (e.g. --rev <commit>, -n 3).")
     parser.add_argument("--by", action="append", default=[], metavar="KEY",
                         help="a params.yaml key (e.g. train.lr) whose values get a table each; repeatable")
+    parser.add_argument("--better-than", metavar="KEY=VALUE",
+                        help="test every other table against the one of this --by value (e.g. model.arch=writeup)")
     args, exp_show_args = parser.parse_known_args()
+    if args.better_than and args.better_than.partition("=")[0] not in args.by:
+        parser.error(f"--better-than {args.better_than} needs --by {args.better_than.partition('=')[0]}")
     # The dvc of this interpreter, so that it runs without the virtual environment on PATH.
     out = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", *exp_show_args],
                          capture_output=True, text=True)
@@ -93,6 +151,15 @@ def main() -> None:
         sys.exit("error: no committed run or experiment with metrics; run `dvc exp run -S train.seed=N` first")
     groups = dict.fromkeys(r["group"] for r in found)
     print("\n\n".join(table([r for r in found if r["group"] == g]) for g in groups))
+    if args.better_than:
+        key = args.better_than.partition("=")[0]
+        index = 2 + args.by.index(key)
+        theirs = [g for g in groups if g[index] == args.better_than]
+        if not theirs:
+            sys.exit(f"error: no run has {args.better_than}; the tables are: {'; '.join(map(', '.join, groups))}")
+        for base in theirs:
+            rivals = [g for g in groups if g != base and g[:2] == base[:2]]
+            print("\n\n" + "\n\n".join(versus(found, g, base) for g in rivals))
 
 
 if __name__ == "__main__":
