@@ -35,6 +35,11 @@ class Arch(str, Enum):
     default = "default"  # this project's network, shaped by `width`, `gn_groups`, `dropout`, `weight_std`
     writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those four settings do not apply
 
+    @classmethod
+    def parse(cls, value: object) -> Arch:
+        """A member from its name in any case (params.yaml's `model.arch`)."""
+        return value if isinstance(value, cls) else cls(str(value).lower())
+
 
 @dataclass(frozen=True)
 class ModelConfig:

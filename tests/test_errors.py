@@ -60,6 +60,7 @@ def set_param(key: str, value) -> None:
     ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
     ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
     ("train.bf16", "fast", "params.yaml: train.bf16 = 'fast' must be one of auto, true, false"),
+    ("model.arch", "resnet", "params.yaml: model.arch = 'resnet' must be one of default, writeup"),
     ("train.validation", -1, "train.validation must be >= 0 (0 = score the test set) (got -1)"),
     ("train.grad_clip", -1.0, "train.grad_clip must be >= 0 (0 = off) (got -1.0)"),
     ("train.lr_peak", 0.1, "params.yaml: unknown key 'train.lr_peak'"),
