@@ -61,7 +61,7 @@ yardstick: SEEDS = 1,2,3,4,5
 yardstick: setup
 	$(BIN)/dvc exp run --queue $(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)'
 	$(BIN)/dvc exp run --run-all -j 1
-	$(BIN)/python -m tools.seed_table --by model.arch
+	$(BIN)/python -m tools.seed_table --by model.arch --better-than model.arch=writeup
 
 # The batch-size study (studies/batch_size/dvc.yaml; about 25 minutes on 2 CPU cores), then its figure's numbers.
 study: setup
