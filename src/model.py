@@ -5,7 +5,8 @@ layer size depends on a hard-coded feature-map size. With the project's settings
 
     28x28 -> conv3x3 8 -> conv3x3 12 -> maxpool -> conv3x3 16 (x3) -> conv3x3 pad 1, 16 -> conv1x1 10 -> average
 
-every 3x3 convolution weight-standardized and followed by the norm and a ReLU (9,914 parameters).
+every 3x3 convolution weight-standardized and followed by the norm and a ReLU (9,914 parameters; with
+`relu_before_norm`, by a ReLU and the norm, the write-up's order).
 
 `arch="writeup"` builds instead the network of the write-up this project reproduces, the yardstick
 (docs/yardstick.md): 8,880 parameters, ReLU before the norm, a 1x1 transition and element-wise dropout.
@@ -32,8 +33,9 @@ class Norm(str, Enum):
 class Arch(str, Enum):
     """Which network `Net` builds."""
 
-    default = "default"  # this project's network, shaped by `width`, `gn_groups`, `dropout`, `weight_std`
-    writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those four settings do not apply
+    default = "default"  # this project's network, shaped by `width`, `gn_groups`, `dropout`, `weight_std`,
+    # `relu_before_norm`
+    writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those five settings do not apply
 
     @classmethod
     def parse(cls, value: object) -> Arch:
@@ -51,6 +53,7 @@ class ModelConfig:
     width: int = 16  # channels of the wide 3x3 convolutions
     dropout: float = 0.0
     weight_std: bool = True  # weight standardization of the convolutions before each norm
+    relu_before_norm: bool = False  # conv -> ReLU -> norm (the write-up's order) instead of conv -> norm -> ReLU
 
     def __post_init__(self) -> None:
         norm = Norm(self.norm).value  # ValueError on an unknown norm
@@ -94,14 +97,14 @@ class StdConv2d(nn.Conv2d):
 
 
 class ConvBlock(nn.Sequential):
-    """conv -> norm -> ReLU -> dropout."""
+    """conv -> norm -> ReLU -> dropout, or with `relu_before_norm` conv -> ReLU -> norm -> dropout."""
 
     def __init__(self, cin: int, cout: int, k: int, cfg: ModelConfig, padding: int = 0) -> None:
         conv = StdConv2d if cfg.weight_std else nn.Conv2d
+        norm, relu = norm_layer(cfg.norm, cout, cfg.gn_groups), nn.ReLU(inplace=True)
         super().__init__(
             conv(cin, cout, k, padding=padding, bias=False),  # the norm's shift is the bias
-            norm_layer(cfg.norm, cout, cfg.gn_groups),
-            nn.ReLU(inplace=True),
+            *((relu, norm) if cfg.relu_before_norm else (norm, relu)),
             nn.Dropout2d(cfg.dropout) if cfg.dropout else nn.Identity(),
         )
 

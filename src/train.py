@@ -108,11 +108,13 @@ def main(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
     threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
     arch: Annotated[Arch, typer.Option(help="Network: default (this project's) or writeup (the yardstick, "
-                                            "whose fixed shape ignores the four options below).")],
+                                            "whose fixed shape ignores the five options below).")],
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
     gn_groups: Annotated[int, typer.Option(help="Groups of GroupNorm (gn only).")],
     dropout: Annotated[float, typer.Option(help="Dropout2d rate after each block.")],
     weight_std: Annotated[bool, typer.Option(help="Weight standardization of the convolutions.")],
+    relu_before_norm: Annotated[bool, typer.Option(help="ReLU before the norm in each block (the write-up's "
+                                                        "order) instead of after it.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     model_out: Annotated[Path | None, typer.Option(help="Model file. [default: models/<variant>.pt]")] = None,
     live_dir: Annotated[Path | None, typer.Option(help="DVCLive folder. [default: dvclive/<variant>]")] = None,
