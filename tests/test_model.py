@@ -112,3 +112,16 @@ def test_the_writeup_network_is_the_yardstick_of_docs_yardstick(norm):
 def test_an_unknown_arch_is_refused():
     with pytest.raises(ValueError):
         ModelConfig(arch="resnet")
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_relu_before_norm_swaps_only_the_order_in_each_block(norm):
+    after, before = Net(ModelConfig(norm=norm)), Net(ModelConfig(norm=norm, relu_before_norm=True))
+    assert count_parameters(before) == count_parameters(after) == 9_914
+    blocks = [b for b in before.features if isinstance(b, torch.nn.Sequential)]
+    assert len(blocks) == 6
+    for block in blocks:
+        assert isinstance(block[1], torch.nn.ReLU) and isinstance(block[2], (torch.nn.BatchNorm2d, torch.nn.GroupNorm))
+    block, x = before.features[0], torch.randn(2, 1, 28, 28)  # training mode: BN on the batch statistics
+    torch.testing.assert_close(block(x), block[2](torch.relu(block[0](x))))
+    assert (block(x) < 0).any() and not (after.features[0](x) < 0).any()  # the norm, not the ReLU, is last

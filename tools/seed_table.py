@@ -82,8 +82,10 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
             group = (param(params, "download.dataset") or "mnist",
                      f"validation ({held} held out)" if held else "test",
                      *(f"{key}={group_value(params, key)}" for key in by))
-            per_variant = {path.split("/")[-1].removesuffix(".json"): f["data"] for path, f in files.items()
-                           if "data" in f and path != "metrics/comparison.json"}
+            # metrics/<variant>.json of the evaluate stage; not its comparison, nor other pipelines' metrics (the
+            # batch-size study's), which DVC gathers too.
+            per_variant = {path.removeprefix("metrics/").removesuffix(".json"): f["data"] for path, f in files.items()
+                           if "data" in f and path.startswith("metrics/") and path != "metrics/comparison.json"}
             seen = [(r["seed"], r["group"], r["metrics"]) for r in found]
             if per_variant and run.get("rev") != "workspace" and (seed, group, per_variant) not in seen:
                 found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "group": group,
