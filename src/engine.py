@@ -198,8 +198,8 @@ def stem_channels_last(model: Net) -> list[torch.utils.hooks.RemovableHandle]:
     handles, for `.remove()`.
     """
     handles = []
-    stem = itertools.takewhile(lambda module: not isinstance(module, nn.MaxPool2d), model.features)
-    for conv in (m for module in stem for m in module.modules() if isinstance(m, nn.Conv2d)):
+    stem = itertools.takewhile(lambda module: not isinstance(module, nn.MaxPool2d), model.features.modules())
+    for conv in (m for m in stem if isinstance(m, nn.Conv2d)):
         if conv.in_channels == 1:  # one input channel: the same memory either way, and its backward was slower
             continue
         handles.append(conv.register_forward_pre_hook(

@@ -1,6 +1,9 @@
-import torch
+import math
 
-from src.augment import augment, normalize
+import torch
+import torch.nn.functional as F
+
+from src.augment import augment, normalize, rotation_grid
 
 
 def _batch(n=16):
@@ -48,3 +51,11 @@ def test_rotation_turns_each_image_within_its_range():
     angle = torch.rad2deg(torch.atan2(dy, dx))
     assert angle.abs().max() <= 7.5  # within +-7 degrees (plus the dot's own width)
     assert angle.min() < -5 and angle.max() > 5 and angle.std() > 3  # spread over the range, image by image
+
+
+def test_the_rotation_grid_is_affine_grids_own():
+    angle = (torch.rand(64, generator=torch.Generator().manual_seed(3)) * 2 - 1) * math.radians(30)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(-1, 2, 3)
+    expected = F.affine_grid(theta, [64, 1, 28, 20], align_corners=False)
+    torch.testing.assert_close(rotation_grid(angle, 28, 20), expected, rtol=0, atol=1e-6)

@@ -137,7 +137,7 @@ def test_stem_layout_computes_what_nchw_computes(dataset_file, norm):
     plain = model(x)
     handles = engine.stem_channels_last(model)
     seen = []
-    model.features[3].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    model.features[2].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
     torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 2 and seen == [True]  # the 8 -> 12 convolution (the first has one input channel)
     trained, _ = _fit(dataset_file, norm=norm, epochs=1, channels_last="stem")

@@ -125,3 +125,22 @@ def test_relu_before_norm_swaps_only_the_order_in_each_block(norm):
     block, x = before.features[0], torch.randn(2, 1, 28, 28)  # training mode: BN on the batch statistics
     torch.testing.assert_close(block(x), block[2](torch.relu(block[0](x))))
     assert (block(x) < 0).any() and not (after.features[0](x) < 0).any()  # the norm, not the ReLU, is last
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_the_pooled_block_pools_before_its_relu_with_the_same_values_and_gradients(norm):
+    block = Net(ModelConfig(norm=norm)).features[1]  # conv, norm, max-pool, ReLU, dropout (identity)
+    assert [type(m) for m in block][2:4] == [torch.nn.MaxPool2d, torch.nn.ReLU]
+    conv, norm_layer_, *_ = block
+    reference = torch.nn.Sequential(conv, norm_layer_, torch.nn.ReLU(), torch.nn.MaxPool2d(2))  # the textbook order
+    x = torch.randn(4, 8, 26, 26)
+    x[:, :, :4] = 0.0  # ties: whole windows of equal values
+    grads = []
+    for net in (block, reference):
+        xi = x.clone().requires_grad_()
+        out = net(xi)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads.append((out.detach(), xi.grad, conv.weight.grad.clone()))
+        conv.weight.grad = None
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
