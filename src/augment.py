@@ -7,6 +7,7 @@ Python loop.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,8 +59,13 @@ def rotation_grid(angle: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The sampling grid (B, H, W, 2) of `F.affine_grid` (align_corners=False) for rotations by `angle` (B,) radians
     about the centre, computed as the rotated identity grid: the same values as `affine_grid` of the rotation
     matrices (bit for bit on the CPUs measured), whose batched matrix product took 3% of a training step there."""
-    identity = torch.eye(2, 3, device=angle.device).unsqueeze(0)
-    base = F.affine_grid(identity, [1, 1, height, width], align_corners=False)  # (1, H, W, 2): x, y in [-1, 1]
-    x, y = base[..., 0], base[..., 1]
+    x, y = _identity_grid(height, width, angle.device)
     cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
     return torch.stack([x * cos - y * sin, x * sin + y * cos], dim=-1)
+
+
+@functools.cache
+def _identity_grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y (1, H, W) of `affine_grid`'s identity grid, in [-1, 1]; made once per size and device."""
+    base = F.affine_grid(torch.eye(2, 3, device=device).unsqueeze(0), [1, 1, height, width], align_corners=False)
+    return base[..., 0], base[..., 1]

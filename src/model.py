@@ -33,8 +33,7 @@ class Norm(str, Enum):
 class Arch(str, Enum):
     """Which network `Net` builds."""
 
-    default = "default"  # this project's network, shaped by `width`, `gn_groups`, `dropout`, `weight_std`,
-    # `relu_before_norm`
+    default = "default"  # this project's network, shaped by the other five `ModelConfig` settings
     writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those five settings do not apply
 
     @classmethod
@@ -100,8 +99,8 @@ class ConvBlock(nn.Sequential):
     """conv -> norm -> ReLU -> dropout, or with `relu_before_norm` conv -> ReLU -> norm -> dropout.
 
     With `pool`, a 2x2 max-pool follows the norm, before the ReLU in the default order: the two commute
-    (max of ReLUs = ReLU of the max, with the same gradients), and the ReLU then runs on a quarter of the values,
-    3-5% of a training step on the CPU.
+    (max of ReLUs = ReLU of the max, with the same gradients), and the ReLU then runs on a quarter of the values
+    (its backward over the unpooled maps took 0.6 ms of a 20 ms CPU step).
     """
 
     def __init__(self, cin: int, cout: int, k: int, cfg: ModelConfig, padding: int = 0, pool: bool = False) -> None:
