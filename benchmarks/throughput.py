@@ -163,18 +163,15 @@ def time_project(model_cfg: ModelConfig, cfg: TrainConfig, data: Data,
     return steps * cfg.batch_size / history[0]["epoch_seconds"], model
 
 
-def time_predict(model: torch.nn.Module, data: Data, cfg: TrainConfig, device: torch.device, n: int,
-                 batch_size: int) -> float:
+def time_predict(model: torch.nn.Module, data: Data, device: torch.device, n: int, batch_size: int) -> float:
     """Evaluation images per second of `predict` on the first `n` test images (already on `device`).
 
-    As in the pipeline, scoring is in float32 whatever the training precision, in the mode's memory format.
+    As in the pipeline: in float32 whatever the training precision, in the memory format `predict` picks.
     """
     images = data.test_images[:n]
-    layout, _ = resolve_fast_path(cfg, model.cfg.norm, device)
-    channels_last = layout == Layout.true
     _sync(device)
     start = time.perf_counter()
-    predict(model, images, data.mean, data.std, batch_size, channels_last=channels_last)
+    predict(model, images, data.mean, data.std, batch_size)
     _sync(device)
     return len(images) / (time.perf_counter() - start)
 
@@ -272,7 +269,7 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
             failed(name, e)
             continue
         if args.eval_images:
-            time_predict(model, data, mode_cfg, device, min(args.eval_images, args.eval_batch_size),
+            time_predict(model, data, device, min(args.eval_images, args.eval_batch_size),
                          args.eval_batch_size)
 
     order = [name for name, r in runs.items() if not r.error]
@@ -297,7 +294,7 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
                     model = make_model(model_cfg, cfg.seed).to(device)
                     runs[name].eval.append(time_baseline_eval(model, test_loader, device))
                 else:
-                    runs[name].eval.append(time_predict(model, data, configs[name], device, args.eval_images,
+                    runs[name].eval.append(time_predict(model, data, device, args.eval_images,
                                                         args.eval_batch_size))
         base = runs[BASELINE].train[-1]
         parts = [f"{name} {m.train[-1]:,.0f}" + ("" if name == BASELINE else f" ({m.train[-1] / base:.2f}x)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -189,23 +191,28 @@ def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tupl
     return (Layout.true if norm in ("gn", "ln") else Layout.false), bf16
 
 
-def stem_channels_last(model: Net) -> list[torch.utils.hooks.RemovableHandle]:
-    """Run the convolutions before the pool (but the first, on one channel) in channels-last and hand NCHW on
-    (`Layout.stem`).
+@contextlib.contextmanager
+def stem_channels_last(model: Net) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
+    """While the `with` block runs, the convolutions before the pool (but the first, on one channel) compute in
+    channels-last and hand NCHW on (`Layout.stem`).
 
     A convolution computes in its input's memory format, so a forward pre-hook converts the input and a forward
-    hook converts the output back; the weights, and so the model file, stay as they are. Returns the hooks'
-    handles, for `.remove()`.
+    hook converts the output back; the weights, and so the model file, stay as they are. Yields the hooks'
+    handles; they are removed on leaving the block, also when it raises.
     """
     handles = []
     stem = itertools.takewhile(lambda module: not isinstance(module, nn.MaxPool2d), model.features.modules())
-    for conv in (m for m in stem if isinstance(m, nn.Conv2d)):
-        if conv.in_channels == 1:  # one input channel: the same memory either way, and its backward was slower
-            continue
-        handles.append(conv.register_forward_pre_hook(
-            lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])))
-        handles.append(conv.register_forward_hook(lambda _, args, out: out.contiguous()))
-    return handles
+    try:
+        for conv in (m for m in stem if isinstance(m, nn.Conv2d)):
+            if conv.in_channels == 1:  # one input channel: the same memory either way, and its backward was slower
+                continue
+            handles.append(conv.register_forward_pre_hook(
+                lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])))
+            handles.append(conv.register_forward_hook(lambda _, args, out: out.contiguous()))
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def physical_cores() -> int:
@@ -222,18 +229,25 @@ def make_model(cfg: ModelConfig, seed: int) -> Net:
     return Net(cfg)
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = 2000,
-            channels_last: bool = False) -> torch.Tensor:
+            channels_last: bool | None = None) -> torch.Tensor:
     """Logits (N, 10) for uint8 images (N, 1, 28, 28), in evaluation mode and float32 (whatever the training
-    precision: scores are read from the full-precision model)."""
-    model.eval()
+    precision: scores are read from the full-precision model).
+
+    With `channels_last` a channels-last copy of the model computes them (the model itself is left as it is);
+    `None` means on the CPU, where float32 inference measured 1.6x faster that way with BatchNorm and LayerNorm
+    and 1.2x with GroupNorm (10,000 test images, 2 threads), with the same predictions as NCHW.
+    """
     device = next(model.parameters()).device
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last is None:
+        channels_last = device.type == "cpu"
+    if channels_last:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    model.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = normalize(images[i : i + batch_size].to(device), mean, std).contiguous(memory_format=fmt)
-        out.append(model(x))
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            out.append(model(normalize(images[i : i + batch_size].to(device), mean, std)))
     return torch.cat(out)
 
 
@@ -311,10 +325,8 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
     model.to(device)
     layout, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
-    channels_last = layout == Layout.true
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if layout == Layout.true else torch.contiguous_format
     model.to(memory_format=fmt)
-    hooks = stem_channels_last(model) if layout == Layout.stem else []
     params = list(model.parameters())
     opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
@@ -329,27 +341,27 @@ def fit(
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
         checked = 0
-        for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
-            x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
-            y = data.train_labels[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = train_step(logits, y, params, opt, sched, cfg)
-            losses[step] = loss.detach()
-            correct += (logits.argmax(1) == y).sum()
-            if (step + 1) % check_every == 0 or step + 1 == steps:
-                _check_finite(losses[checked : step + 1], epoch, checked)
-                checked = step + 1
-                if progress:
-                    bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
+        with stem_channels_last(model) if layout == Layout.stem else contextlib.nullcontext():
+            for step in bar:
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
+                x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
+                y = data.train_labels[idx]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                loss = train_step(logits, y, params, opt, sched, cfg)
+                losses[step] = loss.detach()
+                correct += (logits.argmax(1) == y).sum()
+                if (step + 1) % check_every == 0 or step + 1 == steps:
+                    _check_finite(losses[checked : step + 1], epoch, checked)
+                    checked = step + 1
+                    if progress:
+                        bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
         bar.close()
         train_loss = losses.mean().item()
         train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
         train_seconds = time.perf_counter() - start
-        test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std,
-                                            channels_last=channels_last), data.test_labels)
+        test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std), data.test_labels)
         row = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
             "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],
@@ -362,8 +374,6 @@ def fit(
                   flush=True)
         if on_epoch:
             on_epoch(row)
-    for hook in hooks:
-        hook.remove()
     return history
 
 

@@ -135,13 +135,38 @@ def test_stem_layout_computes_what_nchw_computes(dataset_file, norm):
     model = make_model(ModelConfig(norm=norm), seed=1).eval()
     x = torch.randn(4, 1, 28, 28)
     plain = model(x)
-    handles = engine.stem_channels_last(model)
     seen = []
     model.features[2].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
-    torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
+    with engine.stem_channels_last(model) as handles:
+        torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 2 and seen == [True]  # the 8 -> 12 convolution (the first has one input channel)
+    assert not model.features[1][0]._forward_hooks
     trained, _ = _fit(dataset_file, norm=norm, epochs=1, channels_last="stem")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in trained.modules())
+
+
+def test_stem_hooks_are_removed_when_training_fails(dataset_file, monkeypatch):
+    """A step that raises (here: the loss turning NaN) leaves the model without the stem's hooks."""
+    model = make_model(ModelConfig(norm="gn"), seed=1)
+    data = load_data(dataset_file).subset(n_train=640)
+    monkeypatch.setattr(engine, "train_step", lambda *args: torch.tensor(float("nan")))
+    with pytest.raises(engine.NonFiniteLoss):
+        fit(model, data, TrainConfig(epochs=1, batch_size=64, channels_last="stem"), CPU, progress=False)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_predict_in_channels_last_leaves_the_model_as_it_is(dataset_file):
+    """On the CPU `predict` scores a channels-last copy: the same predictions as NCHW, the model's weights and
+    mode untouched (training goes on in its own memory format)."""
+    data = load_data(dataset_file)
+    model, _ = _fit(dataset_file, epochs=1)
+    model.train()
+    nchw = engine.predict(model, data.test_images, data.mean, data.std, channels_last=False)
+    model.train()
+    auto = engine.predict(model, data.test_images, data.mean, data.std)
+    assert model.training and all(p.is_contiguous() for p in model.parameters())
+    torch.testing.assert_close(auto, nchw, rtol=1e-4, atol=1e-5)
+    assert torch.equal(auto.argmax(1), nchw.argmax(1))
 
 
 def test_omp_num_threads_wins_over_the_core_count(monkeypatch):
@@ -208,8 +233,6 @@ def test_stem_layout_finds_the_convolutions_of_the_writeup_network():
     model = make_model(ModelConfig(norm="gn", arch="writeup"), seed=1).eval()
     x = torch.randn(2, 1, 28, 28)
     plain = model(x)
-    handles = engine.stem_channels_last(model)
-    torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
+    with engine.stem_channels_last(model) as handles:
+        torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 4  # the 8 -> 16 convolution and the 1x1 transition
-    for handle in handles:
-        handle.remove()
