@@ -19,7 +19,9 @@ Each measurement starts from a fresh model and skips `--warmup` steps first (a
 short `fit` for the project). It also times evaluation on the test set
 (`src.engine.predict` against a plain DataLoader loop) and records peak memory
 (CUDA bytes allocated on a GPU, the process's resident set on the CPU). The
-table at the end gives medians over `--rounds`.
+table at the end gives medians over `--rounds`; the ratio to the baseline is
+taken within each round (the two measured seconds apart), and its median and
+range over the rounds are printed, so that a shared machine's noise shows.
 
     python -m benchmarks.throughput                      # all variants and modes
     python -m benchmarks.throughput --variants gn --modes fp32,bf16 --rounds 5
@@ -353,22 +355,25 @@ def mode_name(layout: Layout, bf16: bool) -> str:
 
 def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int,
               default: str = "") -> list[dict]:
-    """One row per pipeline: medians over the rounds, and ratios against the baseline and project fp32.
+    """One row per pipeline: medians over the rounds, and ratios against the baseline (the median and range of
+    each round's ratio) and project fp32.
 
     `default` names the mode that params.yaml's settings resolve to on this device.
     """
-    base = _median(runs[BASELINE].train)
     fp32 = _median(runs["fp32"].train) if "fp32" in runs else float("nan")
     rows = []
     for name, r in runs.items():
         train = _median(r.train)
+        # Round by round (a mode that failed has only its first rounds, which pair with the baseline's first).
+        ratios = [t / b for t, b in zip(r.train, runs[BASELINE].train)]
         rows.append({
             "variant": variant,
             "mode": name,
             "resolved": default if name == "default" else name,
             "batch_size": baseline_batch if name == BASELINE else cfg.batch_size,
             "train_img_s": train,
-            "ratio": train / base,
+            "ratio": _median(ratios),
+            "ratio_range": (min(ratios), max(ratios)) if ratios else (float("nan"), float("nan")),
             "vs_fp32": float("nan") if name == BASELINE else train / fp32,
             "epoch_seconds": EPOCH_IMAGES / train,
             "eval_img_s": _median(r.eval),
@@ -384,7 +389,7 @@ def _fmt(value: float, spec: str) -> str:
 
 def format_table(rows: list[dict], device: torch.device) -> str:
     memory = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
-    header = ["variant", "pipeline", "batch", "train img/s", "x baseline", "x fp32", "s/epoch (60k)",
+    header = ["variant", "pipeline", "batch", "train img/s", "x baseline", "(range)", "x fp32", "s/epoch (60k)",
               "eval img/s", memory]
     body = []
     for row in rows:
@@ -392,8 +397,10 @@ def format_table(rows: list[dict], device: torch.device) -> str:
         if row["mode"] == "default":
             pipeline += f" ({row['resolved']})"
         train = "failed*" if row["error"] else _fmt(row["train_img_s"], ",.0f")
+        low, high = row["ratio_range"]
+        spread = "" if row["mode"] == BASELINE or low != low else f"{low:.2f}-{high:.2f}"
         body.append([row["variant"], pipeline, str(row["batch_size"]), train,
-                     _fmt(row["ratio"], ".2f"), _fmt(row["vs_fp32"], ".2f"), _fmt(row["epoch_seconds"], ".1f"),
+                     _fmt(row["ratio"], ".2f"), spread, _fmt(row["vs_fp32"], ".2f"), _fmt(row["epoch_seconds"], ".1f"),
                      _fmt(row["eval_img_s"], ",.0f"), _fmt(row["peak_mib"], ",.0f")])
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
@@ -517,8 +524,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         default = mode_name(*resolve_fast_path(cfg, model_cfg.norm, device))
         rows += summarize(variant, runs, cfg, args.baseline_batch_size, default)
 
-    print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s; "
-          f"x fp32 = against the project in fp32; s/epoch = {EPOCH_IMAGES:,} training images at that rate\n")
+    print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s of the same "
+          f"round (median, and range over the rounds); x fp32 = against the project in fp32; "
+          f"s/epoch = {EPOCH_IMAGES:,} training images at that rate\n")
     print(format_table(rows, device))
     if args.profile:
         print(f"\nshare of a training step's time per operator group (torch.profiler, {args.steps} steps):")

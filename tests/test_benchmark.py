@@ -7,9 +7,11 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import throughput
 from src.data import load_data
+from src.engine import TrainConfig
 
 
 @pytest.fixture
@@ -45,8 +47,9 @@ def test_prints_a_ratio_for_each_mode(tiny_npz, capsys):
         assert line is not None, f"no table row for {mode}:\n{out}"
         cells = line.split()
         # cells: variant, "project", mode [(what default resolved to)], batch, img/s, ratio, ...
-        ratio = cells[cells.index("128") + 2]
+        ratio, spread = cells[cells.index("128") + 2 : cells.index("128") + 4]
         assert re.fullmatch(r"\d+\.\d\d", ratio), f"no ratio in {line!r}"
+        assert spread == f"{ratio}-{ratio}", f"one round: its ratio is the whole range in {line!r}"
     default = next(r for r in rows if r["mode"] == "default")["resolved"]
     assert default in throughput.MODES and default != "default"
     assert f"project default ({default})" in out
@@ -102,3 +105,17 @@ def test_profile_prints_each_operator_groups_share_of_the_step(tiny_npz, capsys)
     shares = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].rstrip("%").split("%, "))
     assert {"convolution backward", "convolution forward", "norm forward", "max-pool"} <= set(shares)
     assert 95 <= sum(map(int, shares.values())) <= 105  # shares of one whole, each rounded
+
+
+def test_the_ratio_is_taken_round_by_round():
+    """A round where the machine was slow for both pipelines does not move the ratio: each round's project rate
+    is divided by that round's baseline, and the table gives their median and range."""
+    runs = {throughput.BASELINE: throughput.Runs(train=[100.0, 200.0, 150.0]),
+            "default": throughput.Runs(train=[400.0, 800.0, 450.0]),
+            "fp32": throughput.Runs(train=[200.0], error="RuntimeError: failed in round 2")}
+    rows = {r["mode"]: r for r in throughput.summarize("gn", runs, TrainConfig(), 64, "stem+bf16")}
+    assert rows["default"]["ratio"] == 4.0  # rounds 4x, 4x, 3x (the medians' ratio would say 450 / 150 = 3x)
+    assert rows["default"]["ratio_range"] == (3.0, 4.0)
+    assert rows["fp32"]["ratio"] == 2.0  # its one round pairs with the baseline's first
+    table = throughput.format_table(list(rows.values()), torch.device("cpu"))
+    assert re.search(r"project default \(stem\+bf16\)\s+128\s+450\s+4\.00\s+3\.00-4\.00\s", table), table
