@@ -108,16 +108,21 @@ def test_tiny_runs_and_channels_last_with_l1(dataset_file):
 @pytest.mark.parametrize("native, amx", [(True, True), (True, False), (False, False)])
 def test_auto_fast_path_follows_the_benchmark(native, amx, monkeypatch):
     """auto: bf16 only on CPUs with native bf16, then NCHW with AMX and channels-last for the stem without;
-    in fp32 channels-last for GN and LN; neither on CUDA."""
+    in fp32 channels-last for GN and LN; LN in fp32 channels-last on every CPU; neither on CUDA."""
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
     monkeypatch.setattr(engine, "amx_cpu", lambda: amx)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = TrainConfig()
     bf16_layout = Layout.false if amx else Layout.stem
-    for norm in ("bn", "gn", "ln"):
+    for norm in ("bn", "gn"):
         fp32_layout = Layout.true if norm != "bn" else Layout.false
         assert resolve_fast_path(auto, norm, cpu) == ((bf16_layout if native else fp32_layout), native)
         assert resolve_fast_path(auto, norm, cuda) == (Layout.false, False)
+    assert resolve_fast_path(auto, "ln", cpu) == (Layout.true, False)
+    assert resolve_fast_path(TrainConfig(channels_last=True), "ln", cpu) == (Layout.true, False)
+    assert resolve_fast_path(TrainConfig(channels_last="stem"), "ln", cpu) == (Layout.stem, native)
+    assert resolve_fast_path(TrainConfig(bf16=True), "ln", cpu) == (bf16_layout, True)
+    assert resolve_fast_path(auto, "ln", cuda) == (Layout.false, False)
     forced = TrainConfig(channels_last=True, bf16=False)  # YAML booleans
     assert resolve_fast_path(forced, "gn", cuda) == (Layout.true, False)
     assert resolve_fast_path(TrainConfig(channels_last="STEM"), "bn", cuda)[0] == Layout.stem
