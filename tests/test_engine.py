@@ -162,14 +162,17 @@ def test_stem_hooks_are_removed_when_training_fails(dataset_file, monkeypatch):
 
 def test_predict_in_channels_last_leaves_the_model_as_it_is(dataset_file):
     """On the CPU `predict` scores a channels-last copy: the same predictions as NCHW, the model's weights and
-    mode untouched (training goes on in its own memory format)."""
+    mode untouched either way (training goes on in its own memory format)."""
     data = load_data(dataset_file)
     model, _ = _fit(dataset_file, epochs=1)
     model.train()
     nchw = engine.predict(model, data.test_images, data.mean, data.std, channels_last=False)
-    model.train()
+    assert model.training
     auto = engine.predict(model, data.test_images, data.mean, data.std)
     assert model.training and all(p.is_contiguous() for p in model.parameters())
+    model.eval()
+    engine.predict(model, data.test_images[:8], data.mean, data.std)
+    assert not model.training
     torch.testing.assert_close(auto, nchw, rtol=1e-4, atol=1e-5)
     assert torch.equal(auto.argmax(1), nchw.argmax(1))
 
