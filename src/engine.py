@@ -178,10 +178,11 @@ def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tupl
     (channels-last for the convolutions before the pool only) was 1.1-1.6x faster than plain NCHW there, and
     whole-model channels-last slower for BN and GN. On a Xeon with AMX plain NCHW was fastest with bf16 for
     every norm. Without bf16, channels-last helps GN and LN (1.2-1.3x). LayerNorm in float32 channels-last was
-    faster than in bf16 in any layout on both CPUs (3.3-3.9x the baseline against 3.0-3.5x for `stem` + bf16
-    in three runs on the EPYC, 3.44x against 3.28x on the Xeon; its one group is one contiguous reduction per
-    image in channels-last), so bf16's `auto` is off for LN unless its layout is forced to `false` or `stem`. On a GPU
-    this small model is bound by kernel launches and both options made it slower, so `auto` turns them off there.
+    faster than LN's bf16 default on both CPUs (3.3-3.9x the baseline against 3.0-3.5x for `stem` + bf16 in
+    three runs on the EPYC, 3.44x against 3.28x for NCHW + bf16 on the Xeon; its one group is one contiguous
+    reduction per image in channels-last), so bf16's `auto` is off for LN unless its layout is forced to
+    `false` or `stem`. On a GPU this small model is bound by kernel launches and both options made it slower,
+    so `auto` turns them off there.
     """
     on_cpu = device.type == "cpu"
     if cfg.bf16 == Switch.auto:
