@@ -315,7 +315,7 @@ OP_GROUPS = {
     "convolution forward": ("convolution", "conv2d"),
     "norm backward": ("batch_norm_backward", "group_norm_backward", "batch_norm_update"),
     "norm forward": ("batch_norm", "group_norm"),
-    "max-pool": ("max_pool",),
+    "max-pool": ("max_pool", "PlanesAsChannels"),  # with src.model.MaxPool2x2's autograd function
     "ReLU": ("threshold_backward", "relu", "clamp_min"),
     "copies and casts": ("copy_", "_to_copy", "contiguous"),
     "optimizer": ("SGD", "_foreach", "clip_grad", "linalg_vector_norm"),

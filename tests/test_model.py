@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from src.engine import TrainConfig
-from src.model import ModelConfig, Net, StdConv2d, count_parameters, norm_layer
+from src.model import MaxPool2x2, ModelConfig, Net, StdConv2d, count_parameters, norm_layer
 from src.params import load_params
 from src.train import variant_configs
 from tests.conftest import ROOT
@@ -130,7 +130,7 @@ def test_relu_before_norm_swaps_only_the_order_in_each_block(norm):
 @pytest.mark.parametrize("norm", ["bn", "gn"])
 def test_the_pooled_block_pools_before_its_relu_with_the_same_values_and_gradients(norm):
     block = Net(ModelConfig(norm=norm)).features[1]  # conv, norm, max-pool, ReLU, dropout (identity)
-    assert [type(m) for m in block][2:4] == [torch.nn.MaxPool2d, torch.nn.ReLU]
+    assert [type(m) for m in block][2:4] == [MaxPool2x2, torch.nn.ReLU]
     conv, norm_layer_, *_ = block
     reference = torch.nn.Sequential(conv, norm_layer_, torch.nn.ReLU(), torch.nn.MaxPool2d(2))  # the textbook order
     x = torch.randn(4, 8, 26, 26)
@@ -143,4 +143,47 @@ def test_the_pooled_block_pools_before_its_relu_with_the_same_values_and_gradien
         grads.append((out.detach(), xi.grad, conv.weight.grad.clone()))
         conv.weight.grad = None
     for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def _pool_with_grad(pool, x, grad):
+    x = x.clone().requires_grad_()
+    out = pool(x)
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(32, 8, 8, 8), (40, 7, 7, 9)])  # odd sizes: the last row and column are dropped
+def test_the_fast_max_pool_gives_the_max_pools_values_and_gradients(dtype, size):
+    assert size[0] * size[1] >= MaxPool2x2.MIN_PLANES
+    torch.manual_seed(0)
+    x = torch.randn(size).round(decimals=1).to(dtype)  # rounded: many ties inside the windows
+    x[0, :, :4] = 0.0  # whole windows of equal values: the gradient goes to each window's first element
+    b, c, h, w = size
+    grad = torch.randn(b, c, h // 2, w // 2).to(dtype)
+    fast, reference = _pool_with_grad(MaxPool2x2(), x, grad), _pool_with_grad(torch.nn.MaxPool2d(2), x, grad)
+    assert fast[0].is_contiguous() and fast[0].dtype == dtype
+    assert type(MaxPool2x2()(x.requires_grad_()).grad_fn).__name__ == "_PlanesAsChannelsBackward"  # the fast path ran
+    for a, b in zip(fast, reference):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2()(x), reference[0])
+
+
+@pytest.mark.parametrize("size, channels_last", [((32, 12, 8, 8), True), ((2, 12, 8, 8), False)])
+def test_the_fast_max_pool_leaves_channels_last_and_small_inputs_to_the_built_in_kernel(monkeypatch, size,
+                                                                                     channels_last):
+    """A channels-last map is pooled by PyTorch's own kernel (vectorized over channels already), and so is a batch
+    of fewer than MIN_PLANES planes, where the transposes cost more than they save."""
+    import src.model
+
+    def refuse(x):
+        raise AssertionError("the planes-as-channels path ran")
+
+    monkeypatch.setattr(src.model._PlanesAsChannels, "apply", refuse)
+    x = torch.randn(size)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    grad = torch.randn(*size[:2], 4, 4)
+    for a, b in zip(_pool_with_grad(MaxPool2x2(), x, grad), _pool_with_grad(torch.nn.MaxPool2d(2), x, grad)):
         assert torch.equal(a, b)
