@@ -36,6 +36,7 @@ speed work starts from data.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -328,6 +329,9 @@ def profile_step(model_cfg: ModelConfig, cfg: TrainConfig, data: Data, device: t
     """Share (%) of the profiled self time per `OP_GROUPS` group (plus "other") in one short `fit` epoch."""
     from torch.profiler import ProfilerActivity, profile
 
+    # Kineto's own log lines (and, from a CUDA build on a machine without a GPU, an ERROR line about the GPU count)
+    # would land in the middle of the table.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     time_project(model_cfg, cfg, data, device)  # warm up the kernels and the allocator
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
