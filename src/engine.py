@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,8 +129,7 @@ def pick_device(name: str = "auto", threads: int | str = "auto") -> torch.device
     On the CPU, torch uses `threads` threads; with `auto`, OMP_NUM_THREADS if set, else one per physical
     core. Fewer threads suit jobs that share the cores (torch's parallel loops stall when their threads
     outnumber the free cores); a fixed number makes bf16 results comparable between machines of one kind
-    with different core counts (the thread count decides the order of the sums). On the CPU, malloc also keeps
-    freed memory for the next tensors from then on (`keep_freed_memory`).
+    with different core counts (the thread count decides the order of the sums).
     """
     count = parse_threads(threads)
     if name == "auto":
@@ -145,32 +142,9 @@ def pick_device(name: str = "auto", threads: int | str = "auto") -> torch.device
         raise ConfigError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cpu":
-        keep_freed_memory()
-        if count or not os.environ.get("OMP_NUM_THREADS"):
-            torch.set_num_threads(count or physical_cores())
+    if device.type == "cpu" and (count or not os.environ.get("OMP_NUM_THREADS")):
+        torch.set_num_threads(count or physical_cores())
     return device
-
-
-# glibc's mallopt(3) parameters, and the values `keep_freed_memory` gives them.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 64 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 16 << 20))
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for the next tensors instead of returning it to the kernel (Linux).
-
-    By default, blocks above a threshold that adapts as the program runs are mapped and unmapped one by one, and
-    the heap's free top is handed back: a CPU training step's tensors (0.1-2 MB each) then arrive as fresh pages,
-    1,100-1,900 page faults and 3-6 ms of kernel time a step on a 2-core EPYC. With blocks up to 64 MB taken from
-    the heap, and up to 256 MB of it kept free, the faults fall to under 10 a step, and steps ran 1.10x faster
-    (median over 18 process pairs, the three norms) with the same results. The cost: the process keeps its peak
-    heap until it exits. Returns whether the settings took (False off glibc).
-    """
-    if sys.platform != "linux":
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    return mallopt is not None and all(mallopt(option, value) == 1 for option, value in _MALLOC_SETTINGS)
 
 
 def parse_threads(value: int | str) -> int | None:

@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -10,7 +7,6 @@ from src.engine import Layout, NonFiniteLoss, TrainConfig, check_l1, fit, make_m
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig
 from src.params import checked
-from tests.conftest import ROOT
 
 CPU = torch.device("cpu")
 
@@ -193,36 +189,6 @@ def test_omp_num_threads_wins_over_the_core_count(monkeypatch):
         assert torch.get_num_threads() == engine.physical_cores()
     finally:
         torch.set_num_threads(before)
-
-
-_PAGE_FAULTS = """
-import resource, sys, torch
-from src.engine import keep_freed_memory, pick_device
-if sys.argv[1] == "keep":
-    pick_device("cpu")
-    assert keep_freed_memory()
-
-def step():  # a few tensors alive at once, as in a training step, and one as large as an evaluation batch's map
-    kept = [torch.ones(n << 10) for n in (64, 512, 128, 256, 384)]
-    return torch.ones(10 << 20)
-
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's, on Linux")
-def test_on_the_cpu_freed_memory_is_reused_without_page_faults():
-    """pick_device("cpu") keeps freed memory in the process: ten steps of the same tensors fault their pages in
-    once, not ten times (each run in a fresh interpreter, since the setting lasts for the process)."""
-    faults = {mode: int(subprocess.run([sys.executable, "-c", _PAGE_FAULTS, mode], cwd=ROOT, check=True,
-                                       capture_output=True, text=True).stdout)
-              for mode in ("default", "keep")}
-    pages = 10 * (40 << 20) // 4096  # ten 40 MB tensors
-    assert faults["default"] > pages / 2 and faults["keep"] < 1_000, faults
 
 
 def test_train_threads_wins_over_omp_num_threads(monkeypatch):
