@@ -237,14 +237,7 @@ def make_model(cfg: ModelConfig, seed: int) -> Net:
     return Net(cfg)
 
 
-# Images per inference batch: each epoch's test score here, and params.yaml's `evaluate.batch_size` ships the same.
-# At 500 a batch's largest map (500 x 12 x 24 x 24 float32, 14 MB) is under glibc's 32 MB ceiling for reusing freed
-# heap memory; at 2,000 each such map was mapped and unmapped whole, and page-faulted in anew. Same logits bit for
-# bit; scoring the test set took 0.4-0.7 s instead of 0.8-1.1 s on its own, 0.1-0.2 s less an epoch in training.
-EVAL_BATCH_SIZE = 500
-
-
-def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = EVAL_BATCH_SIZE,
+def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = 2000,
             channels_last: bool | None = None) -> torch.Tensor:
     """Logits (N, 10) for uint8 images (N, 1, 28, 28), in evaluation mode and float32 (whatever the training
     precision: scores are read from the full-precision model).

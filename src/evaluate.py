@@ -19,7 +19,7 @@ import typer
 from src import cli
 from src.checkpoint import load_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import EVAL_BATCH_SIZE, pick_device, predict, score, split_name
+from src.engine import pick_device, predict, score, split_name
 from src.errors import UserError
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
 from src.params import get_key, load_params
@@ -76,7 +76,7 @@ def held_out(loaded: dict[str, tuple]) -> int:
     return next(iter(splits.values()))
 
 
-def score_model(model, data, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+def score_model(model, data, batch_size: int = 2000) -> dict:
     """Scores of a trained model on the clean training and test sets, with its test predictions (on the CPU)."""
     run = lambda images: predict(model, images, data.mean, data.std, batch_size)  # noqa: E731
     train_loss, train_acc = score(run(data.train_images), data.train_labels)

@@ -6,8 +6,7 @@ from src.data import load_data
 from src.engine import Layout, NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig
-from src.params import checked, load_params
-from tests.conftest import ROOT
+from src.params import checked
 
 CPU = torch.device("cpu")
 
@@ -190,11 +189,6 @@ def test_omp_num_threads_wins_over_the_core_count(monkeypatch):
         assert torch.get_num_threads() == engine.physical_cores()
     finally:
         torch.set_num_threads(before)
-
-
-def test_the_inference_batch_size_is_what_params_yaml_ships():
-    """Each epoch's test score (`fit`) and the evaluate stage score in batches of the same size."""
-    assert load_params(ROOT / "params.yaml")["evaluate"]["batch_size"] == engine.EVAL_BATCH_SIZE
 
 
 def test_train_threads_wins_over_omp_num_threads(monkeypatch):
