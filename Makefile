@@ -48,8 +48,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests tools benchmarks
 
+# Each precision in a process of its own: the exact path caps the CPU kernels before the first tensor operation.
 bench: setup
-	$(BIN)/python -m benchmarks.throughput --profile $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.throughput --precision exact --profile $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.throughput --precision fast --profile $(BENCH_ARGS)
 
 # One DVC experiment per seed of SEEDS, queued and run one after the other; then the table over the seeds.
 seeds: setup

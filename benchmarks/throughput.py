@@ -11,9 +11,13 @@ round by round:
 * the project: `src.engine.fit` itself, exactly as the train stages run it
   (tensors resident on the device, batched `src.augment.augment`), on a subset
   of `--steps` batches for one epoch, timed by the `epoch_seconds` it reports
-  (training only, evaluation excluded), once per `--modes` entry
-  (fp32, channels_last, bf16, stem+bf16, channels_last+bf16; `stem` is channels-last
-  for the convolutions before the pool only).
+  (training only, evaluation excluded), with `--precision` (params.yaml's
+  `train.precision` by default): `exact` (float32, CPU kernels capped at AVX2,
+  the same bits on every CPU) or `fast` (bf16 and layouts chosen per CPU).
+
+The kernels' cap is set for the whole process before its first tensor operation,
+so one run measures one precision, and the baseline runs on the same kernels;
+`make bench` runs both precisions, one after the other.
 
 Each measurement starts from a fresh model and skips `--warmup` steps first (a
 short `fit` for the project). It also times evaluation on the test set
@@ -23,14 +27,13 @@ table at the end gives medians over `--rounds`; the ratio to the baseline is
 taken within each round (the two measured seconds apart), and its median and
 range over the rounds are printed, so that a shared machine's noise shows.
 
-    python -m benchmarks.throughput                      # all variants and modes
-    python -m benchmarks.throughput --variants gn --modes fp32,bf16 --rounds 5
-    python -m benchmarks.throughput --profile            # also: where a default step spends its time
+    python -m benchmarks.throughput                      # all variants, params.yaml's precision
+    python -m benchmarks.throughput --variants gn --precision fast --rounds 5
+    python -m benchmarks.throughput --profile            # also: where a step spends its time
 
-With `--profile`, each variant's default mode also runs under `torch.profiler`
-and the share of the step's time per operator group is printed (self time of
-the profiled ops: convolutions, norms, pooling, ...), so that the next round of
-speed work starts from data.
+With `--profile`, each variant also runs under `torch.profiler` and the share of
+the step's time per operator group is printed (self time of the profiled ops:
+convolutions, norms, pooling, ...).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from src.data import DATASET_FILE, Data, load_data
 from src.engine import (
     Layout,
     NonFiniteLoss,
+    Precision,
     TrainConfig,
     fit,
     make_model,
@@ -75,16 +79,6 @@ from src.train import variant_configs
 
 EPOCH_IMAGES = 60_000  # the per-epoch seconds are given for a full MNIST training set
 BASELINE = "baseline"
-# Mode name -> (channels_last layout, bf16) of the project's TrainConfig. `default` is params.yaml's setting as the
-# pipeline resolves it on this device (`src.engine.resolve_fast_path`); the others force each combination.
-MODES = {
-    "default": (None, None),
-    "fp32": (Layout.false, False),
-    "channels_last": (Layout.true, False),
-    "bf16": (Layout.false, True),
-    "stem+bf16": (Layout.stem, True),
-    "channels_last+bf16": (Layout.true, True),
-}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -251,8 +245,7 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
     # fit over a subset of whole batches: one epoch = the timed steps (n_test only keeps its evaluation short).
     n_test = min(cfg.batch_size, len(data.test_images))
     fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
-    configs = {mode: cfg if cl is None else replace(cfg, channels_last=cl, bf16=bf)
-               for mode, (cl, bf) in MODES.items() if mode in args.modes}
+    configs = {cfg.precision.value: cfg}
 
     runs = {name: Runs() for name in [BASELINE, *configs]}
 
@@ -351,34 +344,29 @@ def format_profile(variant: str, mode: str, shares: dict[str, float]) -> str:
     return f"  {variant} {mode}: {parts}"
 
 
-def mode_name(layout: Layout, bf16: bool) -> str:
-    """The MODES name of a resolved (layout, bf16) pair."""
-    return next((name for name, flags in MODES.items() if flags == (layout, bf16)),
-                f"channels_last={layout.value}+{'bf16' if bf16 else 'fp32'}")
+def describe_path(layout: Layout, bf16: bool) -> str:
+    """What a precision resolves to on this device, e.g. `fp32, channels-last` or `bf16, channels-last stem`."""
+    where = {Layout.false: "NCHW", Layout.true: "channels-last", Layout.stem: "channels-last stem"}[layout]
+    return f"{'bf16' if bf16 else 'fp32'}, {where}"
 
 
 def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int,
-              default: str = "") -> list[dict]:
-    """One row per pipeline: medians over the rounds, and ratios against the baseline (the median and range of
-    each round's ratio) and project fp32.
-
-    `default` names the mode that params.yaml's settings resolve to on this device.
-    """
-    fp32 = _median(runs["fp32"].train) if "fp32" in runs else float("nan")
+              resolved: str = "") -> list[dict]:
+    """One row per pipeline: medians over the rounds, and the ratio against the baseline (the median and range of
+    each round's ratio). `resolved` says what the project's precision runs on this device."""
     rows = []
     for name, r in runs.items():
         train = _median(r.train)
-        # Round by round (a mode that failed has only its first rounds, which pair with the baseline's first).
+        # Round by round (a pipeline that failed has only its first rounds, which pair with the baseline's first).
         ratios = [t / b for t, b in zip(r.train, runs[BASELINE].train)]
         rows.append({
             "variant": variant,
             "mode": name,
-            "resolved": default if name == "default" else name,
+            "resolved": "" if name == BASELINE else resolved,
             "batch_size": baseline_batch if name == BASELINE else cfg.batch_size,
             "train_img_s": train,
             "ratio": _median(ratios),
             "ratio_range": (min(ratios), max(ratios)) if ratios else (float("nan"), float("nan")),
-            "vs_fp32": float("nan") if name == BASELINE else train / fp32,
             "epoch_seconds": EPOCH_IMAGES / train,
             "eval_img_s": _median(r.eval),
             "peak_mib": max(r.memory, default=float("nan")) / 2**20,
@@ -393,18 +381,18 @@ def _fmt(value: float, spec: str) -> str:
 
 def format_table(rows: list[dict], device: torch.device) -> str:
     memory = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
-    header = ["variant", "pipeline", "batch", "train img/s", "x baseline", "(range)", "x fp32", "s/epoch (60k)",
+    header = ["variant", "pipeline", "batch", "train img/s", "x baseline", "(range)", "s/epoch (60k)",
               "eval img/s", memory]
     body = []
     for row in rows:
         pipeline = "DataLoader+PIL" if row["mode"] == BASELINE else f"project {row['mode']}"
-        if row["mode"] == "default":
+        if row["resolved"]:
             pipeline += f" ({row['resolved']})"
         train = "failed*" if row["error"] else _fmt(row["train_img_s"], ",.0f")
         low, high = row["ratio_range"]
         spread = "" if row["mode"] == BASELINE or low != low else f"{low:.2f}-{high:.2f}"
         body.append([row["variant"], pipeline, str(row["batch_size"]), train,
-                     _fmt(row["ratio"], ".2f"), spread, _fmt(row["vs_fp32"], ".2f"), _fmt(row["epoch_seconds"], ".1f"),
+                     _fmt(row["ratio"], ".2f"), spread, _fmt(row["epoch_seconds"], ".1f"),
                      _fmt(row["eval_img_s"], ",.0f"), _fmt(row["peak_mib"], ",.0f")])
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
@@ -456,10 +444,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds; each times every pipeline once")
     p.add_argument("--variants", type=_csv, default=None, help="comma-separated keys of params.yaml `variants` "
                    "[default: all]")
-    p.add_argument("--modes", type=_csv, default=list(MODES), help=f"comma-separated project modes: {', '.join(MODES)}")
+    p.add_argument("--precision", type=str, default=None, help="the project's train.precision: exact or fast "
+                   "[default: params.yaml's]")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: the pipeline's, one per "
-                   "physical core, less the cores other processes keep busy at the start]")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: the pipeline's train.threads, "
+                   "less the cores other processes keep busy at the start]")
     p.add_argument("--data", type=Path, default=DATASET_FILE, help="dataset file written by the download stage")
     p.add_argument("--params", type=Path, default=PARAMS_FILE, help="the pipeline's settings")
     p.add_argument("--baseline-batch-size", type=int, default=64, help="batch size of the DataLoader baseline")
@@ -467,16 +456,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "[default: the whole test set]")
     p.add_argument("--eval-batch-size", type=int, default=None, help="[default: params.yaml evaluate.batch_size]")
     p.add_argument("--profile", action="store_true", help="also print each variant's share of step time per "
-                   "operator group (torch.profiler, default mode)")
+                   "operator group (torch.profiler)")
     args = p.parse_args(argv)
     for name in ("steps", "rounds", "baseline_batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.threads < 0:
         p.error("--warmup and --threads must be >= 0")
-    unknown = [m for m in args.modes if m not in MODES]
-    if unknown or not args.modes:
-        p.error(f"--modes: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODES)}")
+    if args.precision is not None and args.precision not in {m.value for m in Precision}:
+        p.error(f"--precision: unknown {args.precision!r}; choose exact or fast")
     return args
 
 
@@ -492,8 +480,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.eval_batch_size is None:
         args.eval_batch_size = int(get_key(params, "evaluate.batch_size"))
 
-    device = pick_device(args.device)  # on the CPU: one torch thread per physical core, as the pipeline
-    busy = 0.0
+    precision = Precision.parse(args.precision or get_key(params, "train.precision"))
+    # As the pipeline: params.yaml's thread count, and with `exact` the CPU kernels capped before any tensor work.
+    device = pick_device(args.device, get_key(params, "train.threads"), precision)
+    busy, pipeline_threads = 0.0, torch.get_num_threads()
     if device.type == "cpu":
         busy = busy_cores()
         threads = args.threads or max(1, min(torch.get_num_threads(), round(physical_cores() - busy)))
@@ -511,12 +501,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(f"device {_describe(device)}, torch {torch.__version__}")
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds; baseline batch "
           f"{args.baseline_batch_size} (DataLoader, num_workers=0, float32), project batch {batch_size} "
-          f"(src.engine.fit); evaluation on {args.eval_images} test images")
+          f"(src.engine.fit, train.precision={precision.value}); evaluation on {args.eval_images} test images")
     if device.type == "cpu" and busy >= 0.5:
         print(f"note: other processes kept {busy:.1f} of {physical_cores()} cores busy at the start, so absolute "
               "numbers are low; ratios measured in this same run still compare")
-        if not args.threads and torch.get_num_threads() < physical_cores():
-            print(f"note: using {torch.get_num_threads()} torch thread(s), not the pipeline's {physical_cores()}: "
+        if not args.threads and torch.get_num_threads() < pipeline_threads:
+            print(f"note: using {torch.get_num_threads()} torch thread(s), not the pipeline's {pipeline_threads}: "
                   "more threads than free cores stall torch's parallel loops (pass --threads to choose)")
     print(flush=True)
 
@@ -524,22 +514,25 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     start = time.perf_counter()
     for variant in variants:
         model_cfg, cfg = variant_configs(params, variant)
+        cfg = replace(cfg, precision=precision)
         runs = bench_variant(variant, model_cfg, cfg, data, device, args)
-        default = mode_name(*resolve_fast_path(cfg, model_cfg.norm, device))
-        rows += summarize(variant, runs, cfg, args.baseline_batch_size, default)
+        resolved = describe_path(*resolve_fast_path(precision, model_cfg.norm, device))
+        rows += summarize(variant, runs, cfg, args.baseline_batch_size, resolved)
 
     print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s of the same "
-          f"round (median, and range over the rounds); x fp32 = against the project in fp32; "
+          f"round (median, and range over the rounds); "
           f"s/epoch = {EPOCH_IMAGES:,} training images at that rate\n")
     print(format_table(rows, device))
     if args.profile:
         print(f"\nshare of a training step's time per operator group (torch.profiler, {args.steps} steps):")
         for variant in variants:
             model_cfg, cfg = variant_configs(params, variant)
+            cfg = replace(cfg, precision=precision)
             n_test = min(cfg.batch_size, len(data.test_images))
             fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
-            default = mode_name(*resolve_fast_path(cfg, model_cfg.norm, device))
-            print(format_profile(variant, default, profile_step(model_cfg, cfg, fit_data, device)), flush=True)
+            resolved = describe_path(*resolve_fast_path(precision, model_cfg.norm, device))
+            print(format_profile(variant, f"{precision.value} ({resolved})",
+                                 profile_step(model_cfg, cfg, fit_data, device)), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"\nprocess peak RSS {rss:,.0f} MiB; total {time.perf_counter() - start:.0f}s", flush=True)
     return rows

@@ -6,6 +6,8 @@ import contextlib
 import copy
 import itertools
 import os
+import platform
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,25 +33,27 @@ def _parse(cls: type[Enum], value: object) -> Enum:
     return cls(str(value).lower())
 
 
-class Switch(str, Enum):
-    """An on/off setting that `auto` decides from the device and the model (`resolve_fast_path`)."""
+class Precision(str, Enum):
+    """`train.precision`: how training computes, and so whether its results depend on the CPU."""
 
-    auto = "auto"
-    true = "true"
-    false = "false"
+    exact = "exact"  # float32, one memory layout per norm, CPU kernels capped at AVX2: the same bits on any x86-64
+    fast = "fast"  # bfloat16 autocast and layouts chosen per CPU (`resolve_fast_path`): faster, CPU-dependent bits
 
     parse = classmethod(_parse)
 
 
 class Layout(str, Enum):
-    """`train.channels_last`: which layers run in the channels-last memory format (`auto`: `resolve_fast_path`)."""
+    """Which layers run in the channels-last memory format (`resolve_fast_path` picks one)."""
 
-    auto = "auto"
     true = "true"  # the whole model
     false = "false"  # none: NCHW throughout
     stem = "stem"  # only the convolutions before the pool; norms and the rest in NCHW
 
-    parse = classmethod(_parse)
+
+# The kernels `exact` runs on the CPU: PyTorch's own (ATen), oneDNN's convolutions and MKL's matrix products each
+# pick code for the best instruction set of the CPU, and AVX2 and AVX-512 code sum in different orders. Every
+# x86-64 CPU of the last decade has AVX2, so capping all three there gives every such CPU the same arithmetic.
+EXACT_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
 @dataclass(frozen=True)
@@ -74,16 +78,13 @@ are the shipped recipe."""
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # clip the gradients' global norm to this; 0 = off
     validation: int = 0  # hold out the last N training images and score them instead of the test set; 0 = off
-    channels_last: Layout | bool | str = Layout.auto  # channels-last memory format; see resolve_fast_path
-    bf16: Switch | bool | str = Switch.auto  # bfloat16 autocast; see resolve_fast_path
+    precision: Precision | str = Precision.exact  # exact: the same bits on every CPU; fast: see resolve_fast_path
 
     def __post_init__(self) -> None:
-        for name, kind in (("channels_last", Layout), ("bf16", Switch)):
-            try:
-                object.__setattr__(self, name, kind.parse(getattr(self, name)))
-            except ValueError:
-                choices = ", ".join(member.value for member in kind)
-                raise ConfigError(f"train.{name} must be one of {choices} (got {getattr(self, name)!r})") from None
+        try:
+            object.__setattr__(self, "precision", Precision.parse(self.precision))
+        except ValueError:
+            raise ConfigError(f"train.precision must be exact or fast (got {self.precision!r})") from None
         rules = {  # field: (valid?, what is allowed)
             "epochs": (self.epochs >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
@@ -123,13 +124,14 @@ def check_l1(norm: str, l1: float) -> None:
         raise ConfigError(f"l1 = {l1} is only allowed with norm 'bn'; set l1 to 0 for norm '{norm}'")
 
 
-def pick_device(name: str = "auto", threads: int | str = "auto") -> torch.device:
-    """`auto` means CUDA when present, else the CPU.
+def pick_device(name: str = "auto", threads: int | str = "auto",
+                precision: Precision | str = Precision.exact) -> torch.device:
+    """`auto` means CUDA when present, else the CPU; call it before any other torch work of the process.
 
     On the CPU, torch uses `threads` threads; with `auto`, OMP_NUM_THREADS if set, else one per physical
-    core. Fewer threads suit jobs that share the cores (torch's parallel loops stall when their threads
-    outnumber the free cores); a fixed number makes bf16 results comparable between machines of one kind
-    with different core counts (the thread count decides the order of the sums).
+    core. The thread count decides how sums are split, so it is part of the result: the same count gives the same
+    bits on any number of cores. With `exact` precision the CPU kernels are capped at AVX2 (EXACT_CPU_KERNELS);
+    on a GPU, cuDNN is held to deterministic algorithms (the same bits run to run there, not the CPU's).
     """
     count = parse_threads(threads)
     if name == "auto":
@@ -142,9 +144,29 @@ def pick_device(name: str = "auto", threads: int | str = "auto") -> torch.device
         raise ConfigError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if Precision.parse(precision) == Precision.exact:
+        if device.type == "cpu":
+            cap_cpu_kernels()
+        else:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     if device.type == "cpu" and (count or not os.environ.get("OMP_NUM_THREADS")):
         torch.set_num_threads(count or physical_cores())
     return device
+
+
+def cap_cpu_kernels() -> bool:
+    """Cap the CPU kernels at AVX2 (EXACT_CPU_KERNELS); whether they are. Each library reads its setting when it
+    first computes, so this works only before the process's first tensor operation; if it is too late, or the
+    CPU is not an x86-64 with AVX2, a note says that the results may differ from other machines'."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    os.environ.update(EXACT_CPU_KERNELS)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX2":
+        print(f"note: train.precision=exact could not cap PyTorch's CPU kernels at AVX2 (they run {capability}: the "
+              "CPU lacks AVX2, or torch computed before the cap); results may differ from other machines'",
+              file=sys.stderr)
+    return capability == "AVX2"
 
 
 def parse_threads(value: int | str) -> int | None:
@@ -168,35 +190,21 @@ def native_bf16_cpu() -> bool:
     return any(check() for check in checks if check is not None)
 
 
-def resolve_fast_path(cfg: TrainConfig, norm: str, device: torch.device) -> tuple[Layout, bool]:
-    """(layout, bf16) for training `norm` on `device`, deciding each `auto` setting; the layout is never `auto`.
+def resolve_fast_path(precision: Precision | str, norm: str, device: torch.device) -> tuple[Layout, bool]:
+    """(layout, bf16) for training `norm` on `device` with `precision`.
 
-    The choices follow `python -m benchmarks.throughput` (2 threads, default model). bf16 autocast is on where
-    the CPU computes bfloat16 natively (elsewhere it is emulated and slower). With bf16 on a CPU with AVX512-BF16
-    but no AMX (an AMD EPYC), the 8 -> 12 convolution over 26x26 maps takes a third of the step in NCHW, half
-    as long in channels-last, while BatchNorm and GroupNorm are several times slower in channels-last: `stem`
-    (channels-last for the convolutions before the pool only) was 1.1-1.6x faster than plain NCHW there, and
-    whole-model channels-last slower for BN and GN. On a Xeon with AMX plain NCHW was fastest with bf16 for
-    every norm. Without bf16, channels-last helps GN and LN (1.2-1.3x). LayerNorm in float32 channels-last was
-    faster than LN's bf16 default on both CPUs (3.3-3.9x the baseline against 3.0-3.5x for `stem` + bf16 in
-    three runs on the EPYC, 3.44x against 3.28x for NCHW + bf16 on the Xeon; its one group is one contiguous
-    reduction per image in channels-last), so bf16's `auto` is off for LN unless its layout is forced to
-    `false` or `stem`. On a GPU this small model is bound by kernel launches and both options made it slower,
-    so `auto` turns them off there.
+    `exact` never depends on the CPU: float32, channels-last for GroupNorm and LayerNorm (their per-image
+    statistics are contiguous reductions there) and NCHW for BatchNorm on the CPU, NCHW on a GPU. `fast` takes
+    what `python -m benchmarks.throughput --precision fast` measured fastest per kind of CPU (docs/performance.md):
+    bf16 autocast where the CPU computes bfloat16 natively (AMX or AVX512-BF16), but not for LayerNorm, which is
+    faster in float32 channels-last; with bf16, NCHW on a CPU with AMX and `stem` without; without bf16, as exact.
+    On a GPU both are NCHW float32: this small model is bound by kernel launches there.
     """
     on_cpu = device.type == "cpu"
-    if cfg.bf16 == Switch.auto:
-        ln_channels_last = norm == "ln" and cfg.channels_last in (Layout.auto, Layout.true)
-        bf16 = on_cpu and native_bf16_cpu() and not ln_channels_last
-    else:
-        bf16 = cfg.bf16 == Switch.true
-    if cfg.channels_last != Layout.auto:
-        return cfg.channels_last, bf16
-    if not on_cpu:
-        return Layout.false, bf16
-    if bf16:
-        return (Layout.false if amx_cpu() else Layout.stem), bf16
-    return (Layout.true if norm in ("gn", "ln") else Layout.false), bf16
+    fp32_layout = Layout.true if on_cpu and norm in ("gn", "ln") else Layout.false
+    if Precision.parse(precision) == Precision.exact or not on_cpu or norm == "ln" or not native_bf16_cpu():
+        return fp32_layout, False
+    return (Layout.false if amx_cpu() else Layout.stem), True
 
 
 @contextlib.contextmanager
@@ -334,7 +342,7 @@ def fit(
     torch.manual_seed(cfg.seed)  # dropout
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
     model.to(device)
-    layout, bf16 = resolve_fast_path(cfg, model.cfg.norm, device)
+    layout, bf16 = resolve_fast_path(cfg.precision, model.cfg.norm, device)
     fmt = torch.channels_last if layout == Layout.true else torch.contiguous_format
     model.to(memory_format=fmt)
     params = list(model.parameters())

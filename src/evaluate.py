@@ -9,7 +9,6 @@ misclassified test images.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Annotated
 
@@ -19,15 +18,16 @@ import typer
 from src import cli
 from src.checkpoint import load_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import pick_device, predict, score, split_name
+from src.engine import Precision, pick_device, predict, score, split_name
 from src.errors import UserError
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
 # option -> params.yaml key
-KEYS = {"batch_size": "evaluate.batch_size", "device": "train.device", "threads": "train.threads"}
-CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr", "epoch_seconds")
+KEYS = {"batch_size": "evaluate.batch_size", "device": "train.device", "threads": "train.threads",
+        "precision": "train.precision"}
+CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr")
 
 
 def read_history(live_dir: Path) -> dict[str, list[float]]:
@@ -56,14 +56,14 @@ def _parse_log(path: Path) -> list[float]:
 
 
 def read_summary(live_dir: Path) -> dict:
-    """The summary that the train stage's DVCLive run ends with (parameter count, training seconds)."""
+    """The summary that the train stage's DVCLive run ends with (the final metrics and the parameter count)."""
     return read_input(live_dir / "metrics.json", f"train_{live_dir.name}", _parse_summary)
 
 
 def _parse_summary(path: Path) -> dict:
     summary = json.loads(path.read_text())
-    if not isinstance(summary, dict) or not isinstance(summary.get("train_seconds"), (int, float)):
-        raise Corrupt("it holds no train_seconds")
+    if not isinstance(summary, dict) or not isinstance(summary.get("params"), int):
+        raise Corrupt("it holds no parameter count")
     return summary
 
 
@@ -135,7 +135,8 @@ def _rounded(d: dict) -> dict:
 def main(
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
-    threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
+    threads: Annotated[str, typer.Option(help="CPU threads: N, or auto (one per physical core).")],
+    precision: Annotated[Precision, typer.Option(help="exact: CPU kernels capped at AVX2, as in training; fast: not.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     models: Annotated[Path, typer.Option(help="Folder of the trained models.")] = Path("models"),
     live: Annotated[Path, typer.Option(help="Folder of the DVCLive logs.")] = Path("dvclive"),
@@ -146,10 +147,11 @@ def main(
     if batch_size < 1:
         raise UserError(f"evaluate.batch_size must be >= 1 (got {batch_size})")
     variants = get_key(load_params(), "variants")
-    dev = pick_device(device, threads)
+    dev = pick_device(device, threads, precision)
     # Check every input before writing any output.
     histories = {v: read_history(live / v) for v in variants}
-    summaries = {v: read_summary(live / v) for v in variants}
+    for v in variants:
+        read_summary(live / v)  # a training run that did not finish has none
     loaded = {v: load_variant(v, spec["norm"], models / f"{v}.pt") for v, spec in variants.items()}
     validation = held_out(loaded)
     split = split_name(validation)
@@ -169,8 +171,6 @@ def main(
             "gap": r["train_acc"] - r["test_acc"],  # > 0: fits seen data better than unseen data
             "train_acc_augmented": histories[v]["train/acc"][-1],
             "peak_test_acc": test_acc[peak], "peak_epoch": peak + 1, "epochs": len(test_acc),
-            "train_seconds": summaries[v]["train_seconds"],  # the whole stage: training plus per-epoch scoring
-            "seconds_per_epoch": statistics.median(histories[v]["epoch_seconds"]),  # training only
             "errors": int((r["pred"] != labels).sum()),
         })
         write_json(metrics / f"{v}.json", summary[v])

@@ -73,9 +73,9 @@ def draw_misclassified(
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> None:
-    """Write a PNG atomically."""
+    """Write a PNG atomically; the same figure gives the same bytes (no date or version in its metadata)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
 
 
 def _parse_curves(path: Path) -> dict[str, list[float]]:

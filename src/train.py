@@ -18,13 +18,14 @@ import typer
 from src import cli
 from src.checkpoint import save_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import Layout, Switch, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
+from src.engine import Layout, Precision, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
-from src.files import atomic_dir
+from src.files import atomic_dir, write_json
 from src.model import Arch, ModelConfig, Norm, count_parameters
 from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
+TIMINGS = Path("timings")  # seconds per epoch and in all, for reading only
 
 # The config fields that params.yaml's `model` and `train` sections set: all but the variant's own norm and L1.
 MODEL_FIELDS = [f.name for f in fields(ModelConfig) if f.name != "norm"]
@@ -102,11 +103,11 @@ def main(
     grad_clip: Annotated[float, typer.Option(help="Clip the gradients' global norm to this (0: off).")],
     validation: Annotated[int, typer.Option(help="Hold out the last N training images and score them instead of "
                                                  "the test set (0: off).")],
-    channels_last: Annotated[Layout, typer.Option(help="Channels-last memory format: true, false, or stem (the "
-                                                      "convolutions before the pool); auto: see the docs.")],
-    bf16: Annotated[Switch, typer.Option(help="bfloat16 autocast (auto: CPUs with native bf16).")],
+    precision: Annotated[Precision, typer.Option(help="exact: float32, the same bits on every x86-64 CPU; fast: "
+                                                    "bfloat16 and layouts per CPU (faster, CPU-dependent results).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
-    threads: Annotated[str, typer.Option(help="CPU threads: auto (OMP_NUM_THREADS, else one per physical core) or N.")],
+    threads: Annotated[str, typer.Option(help="CPU threads: N, or auto (OMP_NUM_THREADS, else one per physical "
+                                              "core); the count is part of the result.")],
     arch: Annotated[Arch, typer.Option(help="Network: default (this project's) or writeup (the yardstick, "
                                             "whose fixed shape ignores the five options below).")],
     width: Annotated[int, typer.Option(help="Channels of the wide convolutions.")],
@@ -126,15 +127,16 @@ def main(
     if norm not in {n.value for n in Norm}:
         raise ConfigError(f"variants.{variant}.norm = {norm!r} is unknown; choose bn, gn or ln")
     model_cfg, cfg = make_configs(norm, l1, ctx.params)  # the options named like config fields, by name
-    dev = pick_device(device, threads)
+    dev = pick_device(device, threads, cfg.precision)
     dataset = load_data(data).to(dev)
     model = make_model(model_cfg, seed)
     n_params = count_parameters(model)
-    layout, fast_bf16 = resolve_fast_path(cfg, norm, dev)
+    layout, fast_bf16 = resolve_fast_path(cfg.precision, norm, dev)
     cpu_threads = torch.get_num_threads() if dev.type == "cpu" else None
     network = "write-up model" if model_cfg.arch == Arch.writeup else "model"
     print(f"{variant}: {norm.upper()} {network}, {n_params} parameters, l1={l1}, device {dev} "
-          f"({'bf16' if fast_bf16 else 'fp32'}{'' if layout == Layout.false else f', channels-last: {layout.value}'}"
+          f"({cfg.precision.value}: {'bf16' if fast_bf16 else 'fp32'}"
+          f"{'' if layout == Layout.false else f', channels-last: {layout.value}'}"
           f"{f', {cpu_threads} threads' if cpu_threads else ''}), "
           f"{len(dataset.train_images) - cfg.validation} train / "
           f"{cfg.validation or len(dataset.test_images)} {cfg.split} images")
@@ -150,19 +152,24 @@ def main(
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 live.log_metric(key.replace("_", "/"), row[key])
             live.log_metric("lr", row["lr"])
-            live.log_metric("epoch_seconds", row["epoch_seconds"])
             live.next_step()
 
         start = time.perf_counter()
         history = fit(model, dataset, cfg, dev, on_epoch=log, progress=progress)
         seconds = time.perf_counter() - start
-        live.summary.update({"params": n_params, "train_seconds": seconds})
+        live.summary["params"] = n_params
         live.end()  # only a finished run is summarized
-        # Only what rebuilds the model and says how it was trained: no timing, so that the same training gives
-        # the same file (the seconds are in the DVCLive summary).
+        # Only what rebuilds the model and says how it was trained: the same training gives the same file.
         save_checkpoint(model_out, model, cfg, variant=variant, params=n_params,
                         device=str(dev), threads=cpu_threads, channels_last=layout.value, bf16=fast_bf16)
-    print(f"{variant}: final {cfg.split} accuracy {history[-1]['test_acc']:.2f}% in {seconds:.0f}s -> {model_out}")
+        # Timings differ run to run, so they stay out of everything DVC and git track (TIMINGS is ignored by both).
+        write_json(TIMINGS / f"train_{variant}.json", {
+            "train_seconds": round(seconds, 1),
+            "epoch_seconds": [round(row["epoch_seconds"], 2) for row in history],
+            "eval_seconds": [round(row["eval_seconds"], 2) for row in history],
+        })
+    print(f"{variant}: final {cfg.split} accuracy {history[-1]['test_acc']:.2f}% in {seconds:.0f}s -> {model_out} "
+          f"(timings in {TIMINGS}/train_{variant}.json)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import throughput
 from src.data import load_data
-from src.engine import TrainConfig
+from src.engine import TrainConfig, resolve_fast_path
 
 
 @pytest.fixture
@@ -31,47 +31,40 @@ def tiny_npz(tmp_path):
     return path
 
 
-def test_prints_a_ratio_for_each_mode(tiny_npz, capsys):
-    modes = list(throughput.MODES)
+@pytest.mark.parametrize("precision, resolved", [("exact", "fp32, channels-last"), ("fast", None)])
+def test_prints_the_ratio_of_the_precision_to_the_baseline(tiny_npz, capsys, precision, resolved):
     rows = throughput.main(["--data", str(tiny_npz), "--variants", "gn", "--steps", "2", "--warmup", "1",
-                            "--rounds", "1", "--device", "cpu", "--modes", ",".join(modes)])
+                            "--rounds", "1", "--device", "cpu", "--precision", precision])
     out = capsys.readouterr().out
 
-    assert [r["mode"] for r in rows] == [throughput.BASELINE, *modes]
+    assert [r["mode"] for r in rows] == [throughput.BASELINE, precision]
     for r in rows:
         assert r["variant"] == "gn"
         assert r["train_img_s"] > 0 and math.isfinite(r["ratio"]) and r["eval_img_s"] > 0 and r["peak_mib"] > 0
-    # The table: one line per mode with its images/s and its ratio to the DataLoader + PIL baseline.
-    for mode in modes:
-        line = next((s for s in out.splitlines() if re.match(rf"gn\s+project {re.escape(mode)}[\s(]", s)), None)
-        assert line is not None, f"no table row for {mode}:\n{out}"
-        cells = line.split()
-        # cells: variant, "project", mode [(what default resolved to)], batch, img/s, ratio, ...
-        ratio, spread = cells[cells.index("128") + 2 : cells.index("128") + 4]
-        assert re.fullmatch(r"\d+\.\d\d", ratio), f"no ratio in {line!r}"
-        assert spread == f"{ratio}-{ratio}", f"one round: its ratio is the whole range in {line!r}"
-    default = next(r for r in rows if r["mode"] == "default")["resolved"]
-    assert default in throughput.MODES and default != "default"
-    assert f"project default ({default})" in out
+    # exact is float32 channels-last for GroupNorm on every CPU; fast depends on this one (resolve_fast_path).
+    expected = resolved or throughput.describe_path(*resolve_fast_path(precision, "gn", torch.device("cpu")))
+    assert rows[1]["resolved"] == expected
+    line = next((s for s in out.splitlines() if s.startswith("gn") and f"project {precision} ({expected})" in s), None)
+    assert line is not None, f"no table row for {precision}:\n{out}"
+    cells = line.split()
+    ratio, spread = cells[cells.index("128") + 2 : cells.index("128") + 4]
+    assert re.fullmatch(r"\d+\.\d\d", ratio), f"no ratio in {line!r}"
+    assert spread == f"{ratio}-{ratio}", f"one round: its ratio is the whole range in {line!r}"
+    assert f"train.precision={precision}" in out
     assert re.search(r"gn\s+DataLoader\+PIL\s+64\s", out)
 
 
-def test_a_mode_the_project_cannot_run_is_reported_not_fatal(tiny_npz, capsys, monkeypatch):
-    real_fit = throughput.fit
-
-    def fit(model, data, cfg, *args, **kwargs):
-        if cfg.channels_last == "true":
-            raise RuntimeError("view size is not compatible with input tensor's size and stride")
-        return real_fit(model, data, cfg, *args, **kwargs)
+def test_a_run_the_project_cannot_make_is_reported_not_fatal(tiny_npz, capsys, monkeypatch):
+    def fit(*args, **kwargs):
+        raise RuntimeError("view size is not compatible with input tensor's size and stride")
 
     monkeypatch.setattr(throughput, "fit", fit)
     rows = throughput.main(["--data", str(tiny_npz), "--variants", "ln", "--steps", "2", "--warmup", "1",
-                            "--rounds", "2", "--device", "cpu", "--modes", "fp32,channels_last", "--eval-images", "0"])
+                            "--rounds", "2", "--device", "cpu", "--precision", "fast", "--eval-images", "0"])
     out = capsys.readouterr().out
-    assert [(r["mode"], bool(r["error"])) for r in rows] == [(throughput.BASELINE, False), ("fp32", False),
-                                                              ("channels_last", True)]
-    assert re.search(r"ln\s+project channels_last\s+128\s+failed\*", out)
-    assert "* ln channels_last: RuntimeError: view size" in out
+    assert [(r["mode"], bool(r["error"])) for r in rows] == [(throughput.BASELINE, False), ("fast", True)]
+    assert re.search(r"ln\s+project fast \(fp32, channels-last\)\s+128\s+failed\*", out)
+    assert "* ln fast: RuntimeError: view size" in out
 
 
 def test_bad_options_are_one_line_errors(tiny_npz, capsys):
@@ -80,7 +73,7 @@ def test_bad_options_are_one_line_errors(tiny_npz, capsys):
     assert throughput.run(["--data", str(tiny_npz), "--steps", "100"]) == 1  # 100 x 128 > 512 images
     assert "exceeds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        throughput.parse_args(["--modes", "fp16"])
+        throughput.parse_args(["--precision", "fp16"])
 
 
 @pytest.mark.parametrize("n", [1, 4, 5, 6, 10])
@@ -100,7 +93,7 @@ def test_one_cycle_schedule_never_divides_by_zero(n):
 
 def test_profile_prints_each_operator_groups_share_of_the_step(tiny_npz, capsys):
     throughput.main(["--data", str(tiny_npz), "--variants", "bn_l1", "--steps", "2", "--warmup", "1", "--rounds", "1",
-                     "--device", "cpu", "--modes", "default", "--eval-images", "0", "--profile"])
+                     "--device", "cpu", "--eval-images", "0", "--profile"])
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("  bn_l1 ") and "%" in s)
     shares = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].rstrip("%").split("%, "))
     assert {"convolution backward", "convolution forward", "norm forward", "max-pool"} <= set(shares)
@@ -111,11 +104,13 @@ def test_the_ratio_is_taken_round_by_round():
     """A round where the machine was slow for both pipelines does not move the ratio: each round's project rate
     is divided by that round's baseline, and the table gives their median and range."""
     runs = {throughput.BASELINE: throughput.Runs(train=[100.0, 200.0, 150.0]),
-            "default": throughput.Runs(train=[400.0, 800.0, 450.0]),
-            "fp32": throughput.Runs(train=[200.0], error="RuntimeError: failed in round 2")}
-    rows = {r["mode"]: r for r in throughput.summarize("gn", runs, TrainConfig(), 64, "stem+bf16")}
-    assert rows["default"]["ratio"] == 4.0  # rounds 4x, 4x, 3x (the medians' ratio would say 450 / 150 = 3x)
-    assert rows["default"]["ratio_range"] == (3.0, 4.0)
-    assert rows["fp32"]["ratio"] == 2.0  # its one round pairs with the baseline's first
+            "fast": throughput.Runs(train=[400.0, 800.0, 450.0])}
+    rows = {r["mode"]: r for r in throughput.summarize("gn", runs, TrainConfig(), 64, "bf16, channels-last stem")}
+    assert rows["fast"]["ratio"] == 4.0  # rounds 4x, 4x, 3x (the medians' ratio would say 450 / 150 = 3x)
+    assert rows["fast"]["ratio_range"] == (3.0, 4.0)
     table = throughput.format_table(list(rows.values()), torch.device("cpu"))
-    assert re.search(r"project default \(stem\+bf16\)\s+128\s+450\s+4\.00\s+3\.00-4\.00\s", table), table
+    assert re.search(r"project fast \(bf16, channels-last stem\)\s+128\s+450\s+4\.00\s+3\.00-4\.00\s", table), table
+    failed = throughput.summarize("gn", {throughput.BASELINE: runs[throughput.BASELINE],
+                                         "exact": throughput.Runs(train=[200.0], error="RuntimeError: round 2")},
+                                  TrainConfig(), 64, "fp32, NCHW")
+    assert failed[1]["ratio"] == 2.0  # its one round pairs with the baseline's first

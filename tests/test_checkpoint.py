@@ -25,7 +25,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path, norm):
     save_checkpoint(tmp_path / "m.pt", model, TrainConfig(epochs=2, l1=1e-4 if norm == "bn" else 0.0), variant="v")
     loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
     assert loaded.cfg == model.cfg
-    assert ckpt["train"]["epochs"] == 2 and ckpt["train"]["bf16"] == "auto" and ckpt["variant"] == "v"
+    assert ckpt["train"]["epochs"] == 2 and ckpt["train"]["precision"] == "exact" and ckpt["variant"] == "v"
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(loaded.eval()(x), model.eval()(x), rtol=0, atol=0)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -97,44 +99,55 @@ def test_device_choice():
         pick_device("tpu")
 
 
-def test_tiny_runs_and_channels_last_with_l1(dataset_file):
+def _force_layout(monkeypatch, layout: Layout, bf16: bool = False) -> None:
+    """Make `fit` train in `layout` (and bf16) whatever the precision and CPU."""
+    monkeypatch.setattr(engine, "resolve_fast_path", lambda *args: (layout, bf16))
+
+
+def test_tiny_runs_and_channels_last_with_l1(dataset_file, monkeypatch):
     # 5 steps with pct_start 0.2 once divided by zero inside OneCycleLR; channels-last weights broke the L1 term.
+    _force_layout(monkeypatch, Layout.true)
     data = load_data(dataset_file).subset(n_train=320)
-    cfg = TrainConfig(epochs=1, batch_size=64, pct_start=0.2, l1=1e-4, channels_last=True)
+    cfg = TrainConfig(epochs=1, batch_size=64, pct_start=0.2, l1=1e-4)
     history = fit(make_model(ModelConfig(norm="bn"), seed=1), data, cfg, CPU, progress=False)
     assert len(history) == 1
 
 
 @pytest.mark.parametrize("native, amx", [(True, True), (True, False), (False, False)])
-def test_auto_fast_path_follows_the_benchmark(native, amx, monkeypatch):
-    """auto: bf16 only on CPUs with native bf16, then NCHW with AMX and channels-last for the stem without;
-    in fp32 channels-last for GN and LN; LN in fp32 channels-last on every CPU; neither on CUDA."""
+def test_exact_depends_on_the_norm_alone_and_fast_on_the_cpu(native, amx, monkeypatch):
+    """exact: float32, channels-last for GN and LN and NCHW for BN on every CPU, NCHW on CUDA. fast: bf16 on CPUs
+    with native bf16 (NCHW with AMX, `stem` without), except LN; elsewhere as exact."""
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
     monkeypatch.setattr(engine, "amx_cpu", lambda: amx)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    auto = TrainConfig()
-    bf16_layout = Layout.false if amx else Layout.stem
-    for norm in ("bn", "gn"):
-        fp32_layout = Layout.true if norm != "bn" else Layout.false
-        assert resolve_fast_path(auto, norm, cpu) == ((bf16_layout if native else fp32_layout), native)
-        assert resolve_fast_path(auto, norm, cuda) == (Layout.false, False)
-    assert resolve_fast_path(auto, "ln", cpu) == (Layout.true, False)
-    assert resolve_fast_path(TrainConfig(channels_last=True), "ln", cpu) == (Layout.true, False)
-    assert resolve_fast_path(TrainConfig(channels_last="stem"), "ln", cpu) == (Layout.stem, native)
-    assert resolve_fast_path(TrainConfig(bf16=True), "ln", cpu) == (bf16_layout, True)
-    assert resolve_fast_path(auto, "ln", cuda) == (Layout.false, False)
-    forced = TrainConfig(channels_last=True, bf16=False)  # YAML booleans
-    assert resolve_fast_path(forced, "gn", cuda) == (Layout.true, False)
-    assert resolve_fast_path(TrainConfig(channels_last="STEM"), "bn", cuda)[0] == Layout.stem
-    assert TrainConfig(channels_last="auto", bf16="TRUE").bf16 == engine.Switch.true
-    with pytest.raises(ConfigError, match="train.bf16 must be one of auto, true, false"):
-        TrainConfig(bf16="fast")
-    with pytest.raises(ConfigError, match="train.channels_last must be one of auto, true, false, stem"):
-        TrainConfig(channels_last="fast")
+    fp32 = {"bn": (Layout.false, False), "gn": (Layout.true, False), "ln": (Layout.true, False)}
+    bf16 = (Layout.false if amx else Layout.stem, True)
+    for norm in ("bn", "gn", "ln"):
+        assert resolve_fast_path("exact", norm, cpu) == fp32[norm]
+        assert resolve_fast_path(engine.Precision.exact, norm, cuda) == (Layout.false, False)
+        assert resolve_fast_path("fast", norm, cpu) == (bf16 if native and norm != "ln" else fp32[norm])
+        assert resolve_fast_path("fast", norm, cuda) == (Layout.false, False)
+    assert TrainConfig().precision == engine.Precision.exact
+    assert TrainConfig(precision="FAST").precision == engine.Precision.fast
+    with pytest.raises(ConfigError, match="train.precision must be exact or fast"):
+        TrainConfig(precision="bf16")
+
+
+def test_exact_caps_the_cpu_kernels_in_a_fresh_process():
+    """The cap works only before the first tensor operation, so it is checked in a process of its own."""
+    import subprocess
+    import sys
+
+    code = ("import os, torch; from src.engine import pick_device; pick_device('cpu', 2, 'exact'); "
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ['ONEDNN_MAX_CPU_ISA'], os.environ['MKL_CBWR'], "
+            "torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["AVX2", "AVX2", "AVX2", "2"] and not out.stderr
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn"])
-def test_stem_layout_computes_what_nchw_computes(dataset_file, norm):
+def test_stem_layout_computes_what_nchw_computes(dataset_file, norm, monkeypatch):
     """`stem` changes where the first convolutions compute, not what: same outputs within float rounding, NCHW
     after the pool, and no hooks left on the model once fit returns."""
     model = make_model(ModelConfig(norm=norm), seed=1).eval()
@@ -146,7 +159,8 @@ def test_stem_layout_computes_what_nchw_computes(dataset_file, norm):
         torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 2 and seen == [True]  # the 8 -> 12 convolution (the first has one input channel)
     assert not model.features[1][0]._forward_hooks
-    trained, _ = _fit(dataset_file, norm=norm, epochs=1, channels_last="stem")
+    _force_layout(monkeypatch, Layout.stem)
+    trained, _ = _fit(dataset_file, norm=norm, epochs=1)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in trained.modules())
 
 
@@ -156,7 +170,8 @@ def test_stem_hooks_are_removed_when_training_fails(dataset_file, monkeypatch):
     data = load_data(dataset_file).subset(n_train=640)
     monkeypatch.setattr(engine, "train_step", lambda *args: torch.tensor(float("nan")))
     with pytest.raises(engine.NonFiniteLoss):
-        fit(model, data, TrainConfig(epochs=1, batch_size=64, channels_last="stem"), CPU, progress=False)
+        _force_layout(monkeypatch, Layout.stem)
+        fit(model, data, TrainConfig(epochs=1, batch_size=64), CPU, progress=False)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 

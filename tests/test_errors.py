@@ -59,7 +59,7 @@ def set_param(key: str, value) -> None:
     ("train.threads", 0, "train.threads must be auto or a positive integer (got '0')"),
     ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
     ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
-    ("train.bf16", "fast", "params.yaml: train.bf16 = 'fast' must be one of auto, true, false"),
+    ("train.precision", "bf16", "params.yaml: train.precision = 'bf16' must be one of exact, fast"),
     ("model.arch", "resnet", "params.yaml: model.arch = 'resnet' must be one of default, writeup"),
     ("train.validation", -1, "train.validation must be >= 0 (0 = score the test set) (got -1)"),
     ("train.grad_clip", -1.0, "train.grad_clip must be >= 0 (0 = off) (got -1.0)"),
