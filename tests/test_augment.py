@@ -59,3 +59,15 @@ def test_the_rotation_grid_is_affine_grids_own():
     theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(-1, 2, 3)
     expected = F.affine_grid(theta, [64, 1, 28, 20], align_corners=False)
     torch.testing.assert_close(rotation_grid(angle, 28, 20), expected, rtol=0, atol=1e-6)
+
+
+def test_brightness_scales_each_image_by_its_own_draw_from_the_range():
+    """A flat grey batch with brightness b only: image i becomes grey x (1 + u_i), u_i the generator's i-th draw
+    from U(-b, b), the same draws recomputed here by hand."""
+    grey = torch.full((64, 1, 28, 28), 100, dtype=torch.uint8)
+    out = augment(grey, torch.Generator().manual_seed(5), rotation=0, brightness=0.2, contrast=0)
+    draws = torch.rand(64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    expected = (100 / 255 * (1 + 0.2 * draws)).view(64, 1, 1, 1).expand_as(out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    means = out.mean(dim=(1, 2, 3))
+    assert means.min() < 100 / 255 * 0.85 and means.max() > 100 / 255 * 1.15  # the batch spreads over the range

@@ -259,3 +259,32 @@ def test_stem_layout_finds_the_convolutions_of_the_writeup_network():
     with engine.stem_channels_last(model) as handles:
         torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 4  # the 8 -> 16 convolution and the 1x1 transition
+
+
+def test_a_batchnorm_prediction_is_the_same_alone_and_in_any_batch(dataset_file):
+    """Scoring uses BatchNorm's running statistics, so an image's logits do not depend on the images beside it."""
+    data = load_data(dataset_file)
+    model, _ = _fit(dataset_file, norm="bn", epochs=1)
+    images = data.test_images[:64]
+    alone = engine.predict(model, images[:1], data.mean, data.std)
+    other = torch.cat([images[:1], 255 - images[1:]])  # the same first image among very different ones
+    for batch in (images, other):
+        torch.testing.assert_close(engine.predict(model, batch, data.mean, data.std)[:1], alone, rtol=0, atol=1e-5)
+
+
+def test_the_training_loss_is_label_smoothed_cross_entropy_computed_by_hand():
+    """With label smoothing e over K classes the loss is (1 - e) * -log p_y + e * mean_k(-log p_k)."""
+    import math
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    w = torch.zeros_like(logits, requires_grad=True)
+    cfg = TrainConfig(label_smoothing=0.2, grad_clip=0.0)
+    opt, sched = engine.make_optimizer([w], cfg, total_steps=10)
+    loss = engine.train_step(logits + w, labels, [w], opt, sched, cfg).item()
+    by_hand = 0.0
+    for row, y in zip(logits.tolist(), labels.tolist()):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        nll = [log_z - v for v in row]
+        by_hand += (0.8 * nll[y] + 0.2 * sum(nll) / len(nll)) / len(labels)
+    assert loss == pytest.approx(by_hand, rel=1e-6)

@@ -54,3 +54,11 @@ def test_models_trained_on_different_splits_are_refused():
     assert held_out(same) == 100
     with pytest.raises(UserError, match="trained on different validation splits"):
         held_out({**same, "c": (None, {"train": {"validation": 0}})})
+
+
+def test_per_class_accuracy_is_recall_not_precision():
+    """Of the images of each true class, the share predicted right: here class 0's three images are right once,
+    class 1's one image always (precision would say 100 and 33.3 instead)."""
+    labels = torch.tensor([0, 0, 0, 1])
+    pred = torch.tensor([0, 1, 1, 1])
+    assert per_class_accuracy(pred, labels, 2) == pytest.approx([100 / 3, 100.0])
