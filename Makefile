@@ -65,7 +65,7 @@ yardstick: setup
 	$(BIN)/dvc exp run --run-all -j 1
 	$(BIN)/python -m tools.seed_table --by model.arch --better-than model.arch=writeup
 
-# The batch-size study (studies/batch_size/dvc.yaml; about 25 minutes on 2 CPU cores), then its figure's numbers.
+# The batch-size study (studies/batch_size/dvc.yaml; about 22 minutes on 2 CPU cores), then its figure's numbers.
 study: setup
 	$(BIN)/dvc repro studies/batch_size/dvc.yaml
 	$(BIN)/dvc metrics show studies/batch_size/metrics.json
