@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from enum import Enum
 
-METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap", "seconds_per_epoch")
+METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap")
 
 
 def param(params: dict, key: str):
