@@ -1,6 +1,6 @@
 # `make repro` sets up a virtual environment and runs the DVC pipeline; `make test` runs the tests.
 # Without internet, point NORMCMP_DATA_DIR at a folder holding the four MNIST IDX .gz files:
-#   make repro NORMCMP_DATA_DIR=../shared/data/mnist
+#   make repro NORMCMP_DATA_DIR=/path/to/mnist
 # and, for download.dataset: fashion-mnist, NORMCMP_FASHION_MNIST_DIR at the Fashion-MNIST files.
 VENV ?= .venv
 PYTHON ?= python3

@@ -131,7 +131,7 @@ def test_real_fashion_mnist_one_epoch(tmp_path):
     repo, env = make_repo(tmp_path, params, REAL_FASHION)
     env.pop("NORMCMP_DATA_DIR")
     env["NORMCMP_FASHION_MNIST_DIR"] = str(REAL_FASHION)
-    if REAL_DATA.is_dir():  # the trap the folder variables avoid: real MNIST offered as Fashion-MNIST
+    if REAL_DATA and REAL_DATA.is_dir():  # the trap the folder variables avoid: real MNIST offered as Fashion-MNIST
         wrong = subprocess.run([sys.executable, "-m", "src.download", "--out", str(tmp_path / "x.npz")], cwd=repo,
                                env={**env, "NORMCMP_FASHION_MNIST_DIR": str(REAL_DATA)}, capture_output=True, text=True)
         assert wrong.returncode == 1 and "looks like MNIST, not Fashion-MNIST" in wrong.stderr, wrong.stderr

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.test_pipeline import BIN, IN_CI, REAL_DATA, sh
+from tests.test_pipeline import BIN, IN_CI, NO_REAL_DATA, REAL_DATA, sh
 
 VARIANTS = ("bn_l1", "gn", "ln")
 
@@ -25,7 +25,7 @@ def md5(path: Path) -> str:
 @pytest.mark.skipif(not IN_CI and not os.environ.get("RUN_REPRODUCE"),
                     reason="runs in CI (CI=true) or with RUN_REPRODUCE=1: ~13 minutes on real MNIST")
 def test_a_fresh_clone_re_makes_the_committed_models_metrics_and_plots(tmp_path):
-    assert (REAL_DATA / "train-images-idx3-ubyte.gz").is_file(), f"real MNIST not found in {REAL_DATA}"
+    assert REAL_DATA and (REAL_DATA / "train-images-idx3-ubyte.gz").is_file(), NO_REAL_DATA
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NORMCMP_DATA_DIR": str(REAL_DATA),
            "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
     clone = tmp_path / "clone"
