@@ -59,10 +59,10 @@ from torchvision.datasets.vision import VisionDataset
 
 from src.data import DATASET_FILE, Data, load_data
 from src.engine import (
-    Layout,
     NonFiniteLoss,
     Precision,
     TrainConfig,
+    describe_path,
     fit,
     make_model,
     make_optimizer,
@@ -342,12 +342,6 @@ def profile_step(model_cfg: ModelConfig, cfg: TrainConfig, data: Data, device: t
 def format_profile(variant: str, mode: str, shares: dict[str, float]) -> str:
     parts = ", ".join(f"{g} {s:.0f}%" for g, s in sorted(shares.items(), key=lambda kv: -kv[1]) if s >= 0.5)
     return f"  {variant} {mode}: {parts}"
-
-
-def describe_path(layout: Layout, bf16: bool) -> str:
-    """What a precision resolves to on this device, e.g. `fp32, channels-last` or `bf16, channels-last stem`."""
-    where = {Layout.false: "NCHW", Layout.true: "channels-last", Layout.stem: "channels-last stem"}[layout]
-    return f"{'bf16' if bf16 else 'fp32'}, {where}"
 
 
 def summarize(variant: str, runs: dict[str, Runs], cfg: TrainConfig, baseline_batch: int,

@@ -154,19 +154,18 @@ def pick_device(name: str = "auto", threads: int | str = "auto",
     return device
 
 
-def cap_cpu_kernels() -> bool:
-    """Cap the CPU kernels at AVX2 (EXACT_CPU_KERNELS); whether they are. Each library reads its setting when it
+def cap_cpu_kernels() -> None:
+    """Cap the CPU kernels at AVX2 (EXACT_CPU_KERNELS). Each library reads its setting when it
     first computes, so this works only before the process's first tensor operation; if it is too late, or the
     CPU is not an x86-64 with AVX2, a note says that the results may differ from other machines'."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+        return
     os.environ.update(EXACT_CPU_KERNELS)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX2":
         print(f"note: train.precision=exact could not cap PyTorch's CPU kernels at AVX2 (they run {capability}: the "
               "CPU lacks AVX2, or torch computed before the cap); results may differ from other machines'",
               file=sys.stderr)
-    return capability == "AVX2"
 
 
 def parse_threads(value: int | str) -> int | None:
@@ -205,6 +204,12 @@ def resolve_fast_path(precision: Precision | str, norm: str, device: torch.devic
     if Precision.parse(precision) == Precision.exact or not on_cpu or norm == "ln" or not native_bf16_cpu():
         return fp32_layout, False
     return (Layout.false if amx_cpu() else Layout.stem), True
+
+
+def describe_path(layout: Layout, bf16: bool) -> str:
+    """What a precision resolves to on this device, e.g. `fp32, channels-last` or `bf16, channels-last stem`."""
+    where = {Layout.false: "NCHW", Layout.true: "channels-last", Layout.stem: "channels-last stem"}[layout]
+    return f"{'bf16' if bf16 else 'fp32'}, {where}"
 
 
 @contextlib.contextmanager

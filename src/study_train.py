@@ -28,7 +28,7 @@ from src.train import variant_configs
 
 app = cli.app(__doc__.split("\n")[0])
 KEYS = {"epochs": "batch_study.epochs", "train_images": "batch_study.train_images",
-        "device": "train.device", "threads": "train.threads"}  # the precision is train.precision, as in the configs
+        "device": "train.device", "threads": "train.threads"}
 
 
 def study_point(params: dict, variant: str, batch_size: int, seed: int, epochs: int, train_images: int):

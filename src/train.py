@@ -18,7 +18,7 @@ import typer
 from src import cli
 from src.checkpoint import save_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import Layout, Precision, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
+from src.engine import Precision, TrainConfig, check_l1, describe_path, fit, make_model, pick_device, resolve_fast_path
 from src.errors import ConfigError, UserError
 from src.files import atomic_dir, write_json
 from src.model import Arch, ModelConfig, Norm, count_parameters
@@ -135,8 +135,7 @@ def main(
     cpu_threads = torch.get_num_threads() if dev.type == "cpu" else None
     network = "write-up model" if model_cfg.arch == Arch.writeup else "model"
     print(f"{variant}: {norm.upper()} {network}, {n_params} parameters, l1={l1}, device {dev} "
-          f"({cfg.precision.value}: {'bf16' if fast_bf16 else 'fp32'}"
-          f"{'' if layout == Layout.false else f', channels-last: {layout.value}'}"
+          f"({cfg.precision.value}: {describe_path(layout, fast_bf16)}"
           f"{f', {cpu_threads} threads' if cpu_threads else ''}), "
           f"{len(dataset.train_images) - cfg.validation} train / "
           f"{cfg.validation or len(dataset.test_images)} {cfg.split} images")
@@ -162,7 +161,7 @@ def main(
         # Only what rebuilds the model and says how it was trained: the same training gives the same file.
         save_checkpoint(model_out, model, cfg, variant=variant, params=n_params,
                         device=str(dev), threads=cpu_threads, channels_last=layout.value, bf16=fast_bf16)
-        # Timings differ run to run, so they stay out of everything DVC and git track (TIMINGS is ignored by both).
+        # Timings differ run to run, so they stay out of every tracked output (git ignores TIMINGS, no stage has it).
         write_json(TIMINGS / f"train_{variant}.json", {
             "train_seconds": round(seconds, 1),
             "epoch_seconds": [round(row["epoch_seconds"], 2) for row in history],
