@@ -57,25 +57,22 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 from torchvision.datasets.vision import VisionDataset
 
+from src import config
 from src.data import DATASET_FILE, Data, load_data
 from src.engine import (
     NonFiniteLoss,
-    Precision,
     TrainConfig,
-    describe_path,
     fit,
     make_model,
     make_optimizer,
     physical_cores,
     pick_device,
     predict,
-    resolve_fast_path,
     train_step,
 )
 from src.errors import ConfigError, UserError, debug_enabled
 from src.model import ModelConfig
-from src.params import PARAMS_FILE, get_key, load_params
-from src.train import variant_configs
+from src.speed import Precision, plan
 
 EPOCH_IMAGES = 60_000  # the per-epoch seconds are given for a full MNIST training set
 BASELINE = "baseline"
@@ -309,7 +306,7 @@ OP_GROUPS = {
     "convolution forward": ("convolution", "conv2d"),
     "norm backward": ("batch_norm_backward", "group_norm_backward", "batch_norm_update"),
     "norm forward": ("batch_norm", "group_norm"),
-    "max-pool": ("max_pool", "PlanesAsChannels"),  # with src.model.MaxPool2x2's autograd function
+    "max-pool": ("max_pool", "PlanesAsChannels"),  # with src.speed.MaxPool2x2's autograd function
     "ReLU": ("threshold_backward", "relu", "clamp_min"),
     "copies and casts": ("copy_", "_to_copy", "contiguous"),
     "optimizer": ("SGD", "_foreach", "clip_grad", "linalg_vector_norm"),
@@ -444,7 +441,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads [default: the pipeline's train.threads, "
                    "less the cores other processes keep busy at the start]")
     p.add_argument("--data", type=Path, default=DATASET_FILE, help="dataset file written by the download stage")
-    p.add_argument("--params", type=Path, default=PARAMS_FILE, help="the pipeline's settings")
+    p.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="the pipeline's settings")
     p.add_argument("--baseline-batch-size", type=int, default=64, help="batch size of the DataLoader baseline")
     p.add_argument("--eval-images", type=int, default=None, help="test images to time evaluation on; 0 skips it "
                    "[default: the whole test set]")
@@ -465,18 +462,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the benchmark, print per-round lines and the final table; return the table's rows."""
     args = parse_args(argv)
-    params = load_params(args.params)
-    all_variants = get_key(params, "variants")
-    variants = args.variants or list(all_variants)
-    unknown = [v for v in variants if v not in all_variants]
-    if unknown:
-        raise UserError(f"unknown variant {', '.join(unknown)}; params.yaml variants are: {', '.join(all_variants)}")
+    params = config.load(args.params)
+    runs_of = {v: config.run(params, v) for v in args.variants or config.get_key(params, "variants")}
+    variants = list(runs_of)
     if args.eval_batch_size is None:
-        args.eval_batch_size = int(get_key(params, "evaluate.batch_size"))
+        args.eval_batch_size = config.section(params, "evaluate", config.Evaluate).batch_size
 
-    precision = Precision.parse(args.precision or get_key(params, "train.precision"))
+    compute = config.compute(params)
+    precision = Precision(args.precision or compute.precision)
     # As the pipeline: params.yaml's thread count, and with `exact` the CPU kernels capped before any tensor work.
-    device = pick_device(args.device, get_key(params, "train.threads"), precision)
+    device = pick_device(args.device, compute.threads, precision)
     busy, pipeline_threads = 0.0, torch.get_num_threads()
     if device.type == "cpu":
         busy = busy_cores()
@@ -485,8 +480,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     data = load_data(args.data)
     args.eval_images = len(data.test_images) if args.eval_images is None else min(args.eval_images,
                                                                                   len(data.test_images))
-    first = variant_configs(params, variants[0])[1]
-    batch_size = first.batch_size
+    batch_size = runs_of[variants[0]].train.batch_size
     if args.steps * batch_size > len(data.train_images):
         raise ConfigError(f"--steps {args.steps} x batch size {batch_size} exceeds the "
                           f"{len(data.train_images)} training images of {args.data}")
@@ -507,10 +501,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     rows = []
     start = time.perf_counter()
     for variant in variants:
-        model_cfg, cfg = variant_configs(params, variant)
-        cfg = replace(cfg, precision=precision)
+        model_cfg, cfg = runs_of[variant].model, replace(runs_of[variant].train, precision=precision)
         runs = bench_variant(variant, model_cfg, cfg, data, device, args)
-        resolved = describe_path(*resolve_fast_path(precision, model_cfg.norm, device))
+        resolved = plan(precision, model_cfg.norm, device).describe()
         rows += summarize(variant, runs, cfg, args.baseline_batch_size, resolved)
 
     print(f"\nmedians over {args.rounds} round(s); x baseline = train img/s / DataLoader+PIL train img/s of the same "
@@ -520,11 +513,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.profile:
         print(f"\nshare of a training step's time per operator group (torch.profiler, {args.steps} steps):")
         for variant in variants:
-            model_cfg, cfg = variant_configs(params, variant)
-            cfg = replace(cfg, precision=precision)
+            model_cfg, cfg = runs_of[variant].model, replace(runs_of[variant].train, precision=precision)
             n_test = min(cfg.batch_size, len(data.test_images))
             fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
-            resolved = describe_path(*resolve_fast_path(precision, model_cfg.norm, device))
+            resolved = plan(precision, model_cfg.norm, device).describe()
             print(format_profile(variant, f"{precision.value} ({resolved})",
                                  profile_step(model_cfg, cfg, fit_data, device)), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

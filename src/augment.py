@@ -58,7 +58,7 @@ def augment(
 def rotation_grid(angle: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The sampling grid (B, H, W, 2) of `F.affine_grid` (align_corners=False) for rotations by `angle` (B,) radians
     about the centre, computed as the rotated identity grid: the same values as `affine_grid` of the rotation
-    matrices (bit for bit on the CPUs measured), whose batched matrix product took 3% of a training step there."""
+    matrices, without its batched matrix product (docs/performance.md)."""
     x, y = _identity_grid(height, width, angle.device)
     cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
     return torch.stack([x * cos - y * sin, x * sin + y * cos], dim=-1)

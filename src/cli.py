@@ -1,18 +1,16 @@
-"""Run a stage's typer command: option defaults from `params.yaml`, one-line errors, clean interrupts, and
-outputs replaced only when the stage succeeds."""
+"""Run a stage's typer command: one-line errors, clean interrupts, and outputs replaced only when the stage
+succeeds. Stages read their settings from params.yaml themselves (src/config.py)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
-from collections.abc import Mapping
 
 import typer
 
 from src.errors import ConfigError, UserError, debug_enabled
 from src.files import stage_outputs
-from src.params import load_params, option_defaults
 
 INTERRUPTED = 130
 
@@ -35,20 +33,18 @@ def _usage_error(e: typer.TyperException) -> int:
     return e.exit_code
 
 
-def run(stage: typer.Typer, keys: Mapping[str, str], argv: list[str] | None = None) -> int:
-    """Run `stage` with the options in `keys` defaulting from `params.yaml`; return the exit code.
+def run(stage: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run `stage` with the command-line arguments `argv`; return the exit code.
 
     User mistakes print one line (`error: ...`, then a `hint: ...`) and give 1 (2 for a command-line usage
     error); an interruption gives 130. The stage's outputs replace the previous ones only if it succeeds.
     Set NORMCMP_DEBUG=1 to see tracebacks instead.
     """
     signal.signal(signal.SIGTERM, _terminate)
-    command = stage.registered_commands[0].callback
     try:
-        default_map = option_defaults(command, keys, load_params())
         with stage_outputs() as commit:
             # Not standalone: typer would print its own box for a usage error and exit; it returns 130 on Ctrl-C.
-            code = typer.main.get_command(stage).main(args=argv, default_map=default_map, standalone_mode=False)
+            code = typer.main.get_command(stage).main(args=argv, standalone_mode=False)
             code = code if isinstance(code, int) else 0
             if code == 0:
                 commit()
@@ -75,9 +71,9 @@ def run(stage: typer.Typer, keys: Mapping[str, str], argv: list[str] | None = No
     return code
 
 
-def main(stage: typer.Typer, keys: Mapping[str, str]) -> None:
+def main(stage: typer.Typer) -> None:
     """Entry point of `python -m src.<stage>`."""
-    code = run(stage, keys)
+    code = run(stage)
     if code == INTERRUPTED:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -18,7 +18,7 @@ from typing import Annotated, NamedTuple
 import numpy as np
 import typer
 
-from src import cli
+from src import cli, config
 from src.data import DATASET_FILE, FILES, read_split, save_data
 from src.errors import UserError
 from src.files import write_json
@@ -45,11 +45,10 @@ DATASETS = {
     ),
 }
 # A training set whose pixel mean is this close to another dataset's (and nearer it than to its own) is
-# that dataset. Copies differ a little (the rebuilt MNIST in ../shared has 0.1237); the two datasets are 0.15 apart.
+# that dataset. Copies differ a little (a rebuilt MNIST has 0.1237); the two datasets are 0.15 apart.
 SAME_MEAN = 0.04
 
 app = cli.app(__doc__.split("\n")[0])
-KEYS = {"dataset": "download.dataset"}  # option -> params.yaml key
 
 
 def local_files(folder: str | Path, env: str = LOCAL_DIR_ENV) -> dict[str, Path]:
@@ -103,14 +102,15 @@ def check_identity(dataset: str, train_images: np.ndarray, source: str) -> None:
 
 @app.command()
 def main(
-    dataset: Annotated[str, typer.Option(help="Dataset: mnist or fashion-mnist.")],
     out: Annotated[Path, typer.Option(help="Output .npz file with the validated splits.")] = DATASET_FILE,
     stats_out: Annotated[Path, typer.Option(help="Output JSON: counts, pixel mean/std.")] = Path("data/stats.json"),
 ) -> None:
     """Get the dataset (torchvision download, or the folder its variable names), validate it, save it.
 
-    The folder variables: NORMCMP_DATA_DIR for mnist, NORMCMP_FASHION_MNIST_DIR for fashion-mnist.
+    The dataset is params.yaml's `download.dataset` (mnist or fashion-mnist); the folder variables:
+    NORMCMP_DATA_DIR for mnist, NORMCMP_FASHION_MNIST_DIR for fashion-mnist.
     """
+    dataset = config.section(config.load(), "download", config.Download).dataset
     if dataset not in DATASETS:
         raise UserError(f"params.yaml: download.dataset = {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
@@ -131,4 +131,4 @@ def main(
 
 
 if __name__ == "__main__":
-    cli.main(app, KEYS)
+    cli.main(app)

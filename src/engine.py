@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import itertools
 import os
-import platform
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -22,38 +17,7 @@ from src.augment import augment, normalize, standardize
 from src.data import Data
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig, Net
-
-
-def _parse(cls: type[Enum], value: object) -> Enum:
-    """A member of `cls` from its name in any case; YAML booleans become `true` / `false`."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, bool):
-        return cls("true" if value else "false")
-    return cls(str(value).lower())
-
-
-class Precision(str, Enum):
-    """`train.precision`: how training computes, and so whether its results depend on the CPU."""
-
-    exact = "exact"  # float32, one memory layout per norm, CPU kernels capped at AVX2: the same bits on any x86-64
-    fast = "fast"  # bfloat16 autocast and layouts chosen per CPU (`resolve_fast_path`): faster, CPU-dependent bits
-
-    parse = classmethod(_parse)
-
-
-class Layout(str, Enum):
-    """Which layers run in the channels-last memory format (`resolve_fast_path` picks one)."""
-
-    true = "true"  # the whole model
-    false = "false"  # none: NCHW throughout
-    stem = "stem"  # only the convolutions before the pool; norms and the rest in NCHW
-
-
-# The kernels `exact` runs on the CPU: PyTorch's own (ATen), oneDNN's convolutions and MKL's matrix products each
-# pick code for the best instruction set of the CPU, and AVX2 and AVX-512 code sum in different orders. Every
-# x86-64 CPU of the last decade has AVX2, so capping all three there gives every such CPU the same arithmetic.
-EXACT_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+from src.speed import Precision, cap_cpu_kernels, plan
 
 
 @dataclass(frozen=True)
@@ -69,7 +33,7 @@ are the shipped recipe."""
     cycle_momentum: bool = False  # True: momentum cycles inversely to the learning rate, from 0.85 to `momentum`
     weight_decay: float = 0.0
     pct_start: float = 0.2  # fraction of steps spent warming up to the peak
-    l1: float = 0.0  # L1 penalty factor on all weights; BatchNorm models only
+    l1: float = 0.0  # L1 penalty factor on all weights (variants.<variant>.l1)
     l1_tensor_mean: bool = False  # the L1 term: False = sum of all |w|; True = sum of each tensor's mean |w|
     seed: int = 1
     rotation: float = 7.0  # degrees, U(-r, r)
@@ -78,11 +42,11 @@ are the shipped recipe."""
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # clip the gradients' global norm to this; 0 = off
     validation: int = 0  # hold out the last N training images and score them instead of the test set; 0 = off
-    precision: Precision | str = Precision.exact  # exact: the same bits on every CPU; fast: see resolve_fast_path
+    precision: Precision = Precision.exact  # exact: the same bits on every CPU; fast: see src/speed.py
 
     def __post_init__(self) -> None:
         try:
-            object.__setattr__(self, "precision", Precision.parse(self.precision))
+            object.__setattr__(self, "precision", Precision(self.precision))
         except ValueError:
             raise ConfigError(f"train.precision must be exact or fast (got {self.precision!r})") from None
         rules = {  # field: (valid?, what is allowed)
@@ -118,19 +82,13 @@ def split_name(validation: int) -> str:
     return "validation" if validation else "test"
 
 
-def check_l1(norm: str, l1: float) -> None:
-    """L1 is part of the BN recipe only: refuse it with GN or LN instead of silently ignoring it."""
-    if l1 and norm != "bn":
-        raise ConfigError(f"l1 = {l1} is only allowed with norm 'bn'; set l1 to 0 for norm '{norm}'")
-
-
 def pick_device(name: str = "auto", threads: int | str = "auto",
-                precision: Precision | str = Precision.exact) -> torch.device:
+                precision: Precision = Precision.exact) -> torch.device:
     """`auto` means CUDA when present, else the CPU; call it before any other torch work of the process.
 
     On the CPU, torch uses `threads` threads; with `auto`, OMP_NUM_THREADS if set, else one per physical
     core. The thread count decides how sums are split, so it is part of the result: the same count gives the same
-    bits on any number of cores. With `exact` precision the CPU kernels are capped at AVX2 (EXACT_CPU_KERNELS);
+    bits on any number of cores. With `exact` precision the CPU kernels are capped at AVX2 (`speed.cap_cpu_kernels`);
     on a GPU, cuDNN is held to deterministic algorithms (the same bits run to run there, not the CPU's).
     """
     count = parse_threads(threads)
@@ -144,7 +102,7 @@ def pick_device(name: str = "auto", threads: int | str = "auto",
         raise ConfigError(f"train.device = {name!r} but CUDA is not available; use auto or cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if Precision.parse(precision) == Precision.exact:
+    if Precision(precision) == Precision.exact:
         if device.type == "cpu":
             cap_cpu_kernels()
         else:
@@ -154,20 +112,6 @@ def pick_device(name: str = "auto", threads: int | str = "auto",
     return device
 
 
-def cap_cpu_kernels() -> None:
-    """Cap the CPU kernels at AVX2 (EXACT_CPU_KERNELS). Each library reads its setting when it
-    first computes, so this works only before the process's first tensor operation; if it is too late, or the
-    CPU is not an x86-64 with AVX2, a note says that the results may differ from other machines'."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return
-    os.environ.update(EXACT_CPU_KERNELS)
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability != "AVX2":
-        print(f"note: train.precision=exact could not cap PyTorch's CPU kernels at AVX2 (they run {capability}: the "
-              "CPU lacks AVX2, or torch computed before the cap); results may differ from other machines'",
-              file=sys.stderr)
-
-
 def parse_threads(value: int | str) -> int | None:
     """`train.threads`: None for `auto`, else the positive thread count it names."""
     if str(value).strip().lower() == "auto":
@@ -175,65 +119,6 @@ def parse_threads(value: int | str) -> int | None:
     if not isinstance(value, bool) and str(value).strip().isdigit() and int(value) >= 1:
         return int(value)
     raise ConfigError(f"train.threads must be auto or a positive integer (got {value!r})")
-
-
-def amx_cpu() -> bool:
-    """Whether this CPU has AMX tiles (Xeon since Sapphire Rapids), on which oneDNN has other bf16 kernels."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16); elsewhere bf16 is slower than fp32."""
-    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(check() for check in checks if check is not None)
-
-
-def resolve_fast_path(precision: Precision | str, norm: str, device: torch.device) -> tuple[Layout, bool]:
-    """(layout, bf16) for training `norm` on `device` with `precision`.
-
-    `exact` never depends on the CPU: float32, channels-last for GroupNorm and LayerNorm (their per-image
-    statistics are contiguous reductions there) and NCHW for BatchNorm on the CPU, NCHW on a GPU. `fast` takes
-    what `python -m benchmarks.throughput --precision fast` measured fastest per kind of CPU (docs/performance.md):
-    bf16 autocast where the CPU computes bfloat16 natively (AMX or AVX512-BF16), but not for LayerNorm, which is
-    faster in float32 channels-last; with bf16, NCHW on a CPU with AMX and `stem` without; without bf16, as exact.
-    On a GPU both are NCHW float32: this small model is bound by kernel launches there.
-    """
-    on_cpu = device.type == "cpu"
-    fp32_layout = Layout.true if on_cpu and norm in ("gn", "ln") else Layout.false
-    if Precision.parse(precision) == Precision.exact or not on_cpu or norm == "ln" or not native_bf16_cpu():
-        return fp32_layout, False
-    return (Layout.false if amx_cpu() else Layout.stem), True
-
-
-def describe_path(layout: Layout, bf16: bool) -> str:
-    """What a precision resolves to on this device, e.g. `fp32, channels-last` or `bf16, channels-last stem`."""
-    where = {Layout.false: "NCHW", Layout.true: "channels-last", Layout.stem: "channels-last stem"}[layout]
-    return f"{'bf16' if bf16 else 'fp32'}, {where}"
-
-
-@contextlib.contextmanager
-def stem_channels_last(model: Net) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
-    """While the `with` block runs, the convolutions before the pool (but the first, on one channel) compute in
-    channels-last and hand NCHW on (`Layout.stem`).
-
-    A convolution computes in its input's memory format, so a forward pre-hook converts the input and a forward
-    hook converts the output back; the weights, and so the model file, stay as they are. Yields the hooks'
-    handles; they are removed on leaving the block, also when it raises.
-    """
-    handles = []
-    stem = itertools.takewhile(lambda module: not isinstance(module, nn.MaxPool2d), model.features.modules())
-    try:
-        for conv in (m for m in stem if isinstance(m, nn.Conv2d)):
-            if conv.in_channels == 1:  # one input channel: the same memory either way, and its backward was slower
-                continue
-            handles.append(conv.register_forward_pre_hook(
-                lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])))
-            handles.append(conv.register_forward_hook(lambda _, args, out: out.contiguous()))
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def physical_cores() -> int:
@@ -255,10 +140,9 @@ def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, bat
     """Logits (N, 10) for uint8 images (N, 1, 28, 28), in evaluation mode and float32 (whatever the training
     precision: scores are read from the full-precision model).
 
-    With `channels_last` a channels-last copy of the model computes them; `None` means on the CPU, where float32
-    inference measured 1.6x faster that way with BatchNorm and LayerNorm and 1.2x with GroupNorm (10,000 test
-    images, 2 threads), with the same predictions as NCHW. The model is left as it was: its memory format and
-    its training or evaluation mode.
+    With `channels_last` a channels-last copy of the model computes them; `None` means on the CPU, where that is
+    faster for every norm (docs/performance.md). The model is left as it was: its memory format and its training
+    or evaluation mode.
     """
     device = next(model.parameters()).device
     if channels_last is None:
@@ -338,7 +222,6 @@ def fit(
     augmentation, then scores the un-augmented test set, or with
     `cfg.validation` the held-out end of the training set (`Data.holdout`).
     """
-    check_l1(model.cfg.norm, cfg.l1)
     data = data.holdout(cfg.validation)
     n = len(data.train_images)
     steps = n // cfg.batch_size
@@ -347,56 +230,55 @@ def fit(
     torch.manual_seed(cfg.seed)  # dropout
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
     model.to(device)
-    layout, bf16 = resolve_fast_path(cfg.precision, model.cfg.norm, device)
-    fmt = torch.channels_last if layout == Layout.true else torch.contiguous_format
-    model.to(memory_format=fmt)
-    params = list(model.parameters())
-    opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
+    how = plan(cfg.precision, model.cfg.norm, device)  # layout and bf16: src/speed.py
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
     check_every = 10 if device.type == "cpu" else 50
     history = []
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=gen, device=device)
-        losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
-        checked = 0
-        with stem_channels_last(model) if layout == Layout.stem else contextlib.nullcontext():
-            for step in bar:
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
-                x = standardize(x, data.mean, data.std).contiguous(memory_format=fmt)
-                y = data.train_labels[idx]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(x)
-                loss = train_step(logits, y, params, opt, sched, cfg)
-                losses[step] = loss.detach()
-                correct += (logits.argmax(1) == y).sum()
-                if (step + 1) % check_every == 0 or step + 1 == steps:
-                    _check_finite(losses[checked : step + 1], epoch, checked)
-                    checked = step + 1
-                    if progress:
-                        bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
-        bar.close()
-        train_loss = losses.mean().item()
-        train_acc = correct.item() * 100.0 / (steps * cfg.batch_size)
-        train_seconds = time.perf_counter() - start
-        test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std), data.test_labels)
-        row = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-            "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],
-            "epoch_seconds": train_seconds, "eval_seconds": time.perf_counter() - start - train_seconds,
-        }
-        history.append(row)
-        if progress:
-            print(f"epoch {epoch:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
-                  f"test loss {test_loss:.4f} acc {test_acc:6.2f}%  lr {row['lr']:.4f}  {train_seconds:5.1f}s",
-                  flush=True)
-        if on_epoch:
-            on_epoch(row)
+    with how.applied(model):
+        params = list(model.parameters())
+        opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
+        for epoch in range(1, cfg.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            order = torch.randperm(n, generator=gen, device=device)
+            losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                       disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
+            checked = 0
+            with how.training_steps(model):
+                for step in bar:
+                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
+                    x = standardize(x, data.mean, data.std).contiguous(memory_format=how.memory_format)
+                    y = data.train_labels[idx]
+                    with how.autocast(device):
+                        logits = model(x)
+                    loss = train_step(logits, y, params, opt, sched, cfg)
+                    losses[step] = loss.detach()
+                    correct += (logits.argmax(1) == y).sum()
+                    if (step + 1) % check_every == 0 or step + 1 == steps:
+                        _check_finite(losses[checked : step + 1], epoch, checked)
+                        checked = step + 1
+                        if progress:
+                            bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
+            bar.close()
+            train_seconds = time.perf_counter() - start
+            test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std), data.test_labels)
+            row = {
+                "epoch": epoch, "train_loss": losses.mean().item(),
+                "train_acc": correct.item() * 100.0 / (steps * cfg.batch_size),
+                "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],
+                "epoch_seconds": train_seconds, "eval_seconds": time.perf_counter() - start - train_seconds,
+            }
+            history.append(row)
+            if progress:
+                print(f"epoch {epoch:>2}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                      f"acc {row['train_acc']:6.2f}%  test loss {test_loss:.4f} acc {test_acc:6.2f}%  "
+                      f"lr {row['lr']:.4f}  {train_seconds:5.1f}s",
+                      flush=True)
+            if on_epoch:
+                on_epoch(row)
     return history
 
 

@@ -15,18 +15,14 @@ from typing import Annotated
 import torch
 import typer
 
-from src import cli
+from src import cli, config
 from src.checkpoint import load_checkpoint
 from src.data import DATASET_FILE, load_data
-from src.engine import Precision, pick_device, predict, score, split_name
+from src.engine import pick_device, predict, score, split_name
 from src.errors import UserError
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
-from src.params import get_key, load_params
 
 app = cli.app(__doc__.split("\n")[0])
-# option -> params.yaml key
-KEYS = {"batch_size": "evaluate.batch_size", "device": "train.device", "threads": "train.threads",
-        "precision": "train.precision"}
 CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr")
 
 
@@ -133,26 +129,26 @@ def _rounded(d: dict) -> dict:
 
 @app.command()
 def main(
-    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")],
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")],
-    threads: Annotated[str, typer.Option(help="CPU threads: N, or auto (one per physical core).")],
-    precision: Annotated[Precision, typer.Option(help="exact: CPU kernels capped at AVX2, as in training; fast: not.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     models: Annotated[Path, typer.Option(help="Folder of the trained models.")] = Path("models"),
     live: Annotated[Path, typer.Option(help="Folder of the DVCLive logs.")] = Path("dvclive"),
     metrics: Annotated[Path, typer.Option(help="Output folder for metrics JSON.")] = Path("metrics"),
     plots: Annotated[Path, typer.Option(help="Output folder for plot data.")] = Path("plots"),
 ) -> None:
-    """Score every variant; write metrics, curves, confusion data and misclassified images."""
-    if batch_size < 1:
-        raise UserError(f"evaluate.batch_size must be >= 1 (got {batch_size})")
-    variants = get_key(load_params(), "variants")
-    dev = pick_device(device, threads, precision)
+    """Score every variant; write metrics, curves, confusion data and misclassified images.
+
+    Settings: params.yaml's `evaluate`, `variants` and where to compute (`train.device`, `.threads`, `.precision`).
+    """
+    params = config.load()
+    batch_size = config.section(params, "evaluate", config.Evaluate).batch_size
+    variants = config.variants(params)
+    compute = config.compute(params)
+    dev = pick_device(compute.device, compute.threads, compute.precision)
     # Check every input before writing any output.
     histories = {v: read_history(live / v) for v in variants}
     for v in variants:
         read_summary(live / v)  # a training run that did not finish has none
-    loaded = {v: load_variant(v, spec["norm"], models / f"{v}.pt") for v, spec in variants.items()}
+    loaded = {v: load_variant(v, spec.norm, models / f"{v}.pt") for v, spec in variants.items()}
     validation = held_out(loaded)
     split = split_name(validation)
     dataset = load_data(data).holdout(validation).to(dev)
@@ -164,7 +160,7 @@ def main(
         test_acc = histories[v]["test/acc"]
         peak = max(range(len(test_acc)), key=test_acc.__getitem__)
         summary[v] = _rounded({
-            "label": spec["label"], "split": split,  # what the test_* scores measure: test or validation
+            "label": spec.label, "split": split,  # what the test_* scores measure: test or validation
             "params": ckpt["params"],
             "test_acc": r["test_acc"], "test_loss": r["test_loss"],
             "train_acc": r["train_acc"], "train_loss": r["train_loss"],
@@ -178,7 +174,7 @@ def main(
         preds.append(r["pred"])
         confusion[v] = [(dataset.classes[a], dataset.classes[p]) for a, p in zip(labels.tolist(), r["pred"].tolist())]
         wrong[v] = misclassified(r["pred"], r["conf"], labels, dataset.classes)
-        print(f"{spec['label']:>8}: {split} {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}), "
+        print(f"{spec.label:>8}: {split} {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}), "
               f"train {r['train_acc']:.2f}%, gap {summary[v]['gap']:+.2f}, {summary[v]['errors']} errors")
     # Each folder is replaced as a whole, so that a variant no longer in params.yaml leaves no file behind.
     with atomic_dir(plots / "confusion") as folder:
@@ -187,7 +183,7 @@ def main(
     with atomic_dir(plots / "misclassified") as folder:
         for v, items in wrong.items():
             write_json(folder / f"{v}.json", items)
-    columns = ["epoch", *(spec["label"] for spec in variants.values())]
+    columns = ["epoch", *(spec.label for spec in variants.values())]
     with atomic_dir(plots / "curves") as folder:
         for name in CURVES:
             n_epochs = max(len(h[name]) for h in histories.values())
@@ -204,4 +200,4 @@ def main(
 
 
 if __name__ == "__main__":
-    cli.main(app, KEYS)
+    cli.main(app)

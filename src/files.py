@@ -23,9 +23,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from src.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 T = TypeVar("T")
 
@@ -167,6 +170,12 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[o
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    """Write a PNG atomically; the same figure gives the same bytes (no date or version in its metadata)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
 
 
 # --- reading ----------------------------------------------------------------------------------

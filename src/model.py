@@ -36,18 +36,13 @@ class Arch(str, Enum):
     default = "default"  # this project's network, shaped by the other five `ModelConfig` settings
     writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those five settings do not apply
 
-    @classmethod
-    def parse(cls, value: object) -> Arch:
-        """A member from its name in any case (params.yaml's `model.arch`)."""
-        return value if isinstance(value, cls) else cls(str(value).lower())
-
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a `Net`; saved in every checkpoint. The defaults build the shipped network."""
 
-    norm: str = "bn"
-    arch: str = "default"
+    norm: Norm = Norm.bn
+    arch: Arch = Arch.default
     gn_groups: int = 4
     width: int = 16  # channels of the wide 3x3 convolutions
     dropout: float = 0.0
@@ -63,10 +58,8 @@ class ModelConfig:
         plan = channel_plan(self.width)
         for c in plan:
             if norm == "gn" and c % self.gn_groups:
-                raise ValueError(
-                    f"gn_groups={self.gn_groups} does not divide the channel count {c}; "
-                    f"choose a divisor of {sorted(set(plan))}"
-                )
+                raise ValueError(f"gn_groups = {self.gn_groups} does not divide the channel count {c}; "
+                                 f"choose a divisor of {sorted(set(plan))}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,62 +88,17 @@ class StdConv2d(nn.Conv2d):
         return self._conv_forward(x, (w - mean) * torch.rsqrt(var + 1e-5), self.bias)
 
 
-class _PlanesAsChannels(torch.autograd.Function):
-    """2x2 max-pool of an NCHW CPU tensor by PyTorch's channels-last kernel, with the image planes as channels."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        planes = x.reshape(1, b * c, h, w).contiguous(memory_format=torch.channels_last)  # (H, W, B*C) in memory
-        out, indices = torch.ops.aten.max_pool2d_with_indices(planes, [2, 2], [2, 2])
-        out = out.reshape(b, c, h // 2, w // 2).contiguous()
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(x, indices.reshape(b, c, h // 2, w // 2).contiguous())  # offsets within each plane
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, indices = ctx.saved_tensors
-        return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                                False, indices)
-
-
-class MaxPool2x2(nn.MaxPool2d):
-    """`nn.MaxPool2d(2)`, with a faster forward for NCHW tensors on the CPU and the same values and gradients.
-
-    PyTorch's NCHW CPU kernel is scalar: 2.6-2.9 ms for the (128, 12, 24, 24) maps of a training batch (2 threads),
-    more than any convolution of the step. Seen as one image with B*C channels in channels-last, the same maps are
-    pooled by the kernel that is vectorized over channels in 0.15 ms, plus 0.3 ms for the conversion; it returns
-    the same maximum and the same index (the first maximum of each window, as offsets within the plane), so the
-    NCHW backward kernel takes them unchanged. Forward and backward: 1.5-2.1 ms against 3.2-3.6 ms at batch 128,
-    0.35-0.5 against 0.9 ms at batch 32; below `MIN_PLANES` planes (batch 8: 96) the conversions cost more than
-    they save.
-    """
-
-    MIN_PLANES = 256
-
-    def __init__(self) -> None:
-        super().__init__(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.shape[0] * x.shape[1] >= self.MIN_PLANES:
-            return _PlanesAsChannels.apply(x)
-        return super().forward(x)
-
-
 class ConvBlock(nn.Sequential):
     """conv -> norm -> ReLU -> dropout, or with `relu_before_norm` conv -> ReLU -> norm -> dropout.
 
     With `pool`, a 2x2 max-pool follows the norm, before the ReLU in the default order: the two commute
-    (max of ReLUs = ReLU of the max, with the same gradients), and the ReLU then runs on a quarter of the values
-    (its backward over the unpooled maps took 0.6 ms of a 20 ms CPU step).
+    (max of ReLUs = ReLU of the max, with the same gradients), and the ReLU then runs on a quarter of the values.
     """
 
     def __init__(self, cin: int, cout: int, k: int, cfg: ModelConfig, padding: int = 0, pool: bool = False) -> None:
         conv = StdConv2d if cfg.weight_std else nn.Conv2d
         norm, relu = norm_layer(cfg.norm, cout, cfg.gn_groups), nn.ReLU(inplace=True)
-        pooled = [MaxPool2x2()] if pool else []
+        pooled = [nn.MaxPool2d(2)] if pool else []
         super().__init__(
             conv(cin, cout, k, padding=padding, bias=False),  # the norm's shift is the bias
             *([relu, norm, *pooled] if cfg.relu_before_norm else [norm, *pooled, relu]),
@@ -187,7 +135,7 @@ class Net(nn.Module):
             self.features = nn.Sequential(
                 *blocks[:2],  # (B, 16, 24, 24)
                 nn.Conv2d(16, 8, 1, bias=False),  # the transition
-                MaxPool2x2(),  # (B, 8, 12, 12)
+                nn.MaxPool2d(2),  # (B, 8, 12, 12)
                 *blocks[2:],  # (B, 16, 6, 6)
             )
             self.head = nn.Conv2d(16, 10, 1, bias=False)

@@ -17,14 +17,11 @@ import typer
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from src import cli
+from src import cli, config
 from src.data import DATASET_FILE, load_data
-from src.errors import UserError
-from src.files import Corrupt, atomic_dir, atomic_path, number, read_input, read_table
-from src.params import get_key, load_params
+from src.files import Corrupt, atomic_dir, number, read_input, read_table, save_figure
 
 app = cli.app(__doc__.split("\n")[0])
-KEYS = {"dpi": "plot.dpi"}  # option -> params.yaml key
 
 
 def draw_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str, zoom: int = 10) -> Figure:
@@ -72,12 +69,6 @@ def draw_misclassified(
     return fig
 
 
-def save_figure(fig: Figure, path: Path, dpi: int) -> None:
-    """Write a PNG atomically; the same figure gives the same bytes (no date or version in its metadata)."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-
-
 def _parse_curves(path: Path) -> dict[str, list[float]]:
     rows = read_table(path)
     models = [k for k in rows[0] if k != "epoch"]
@@ -120,15 +111,14 @@ def read_misclassified(path: Path) -> list[dict]:
 
 @app.command()
 def main(
-    dpi: Annotated[int, typer.Option(help="Resolution of the PNG files.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     plots: Annotated[Path, typer.Option(help="Folder of the evaluate stage's plot data.")] = Path("plots"),
     out: Annotated[Path, typer.Option(help="Output folder for the PNG figures.")] = Path("plots/images"),
 ) -> None:
-    """Draw Graph 1 (test loss), Graph 2 (test accuracy) and a misclassified grid per model."""
-    if dpi < 20:
-        raise UserError(f"plot.dpi must be >= 20 (got {dpi})")
-    variants = get_key(load_params(), "variants")
+    """Draw Graph 1 (test loss), Graph 2 (test accuracy) and a misclassified grid per model (at `plot.dpi`)."""
+    params = config.load()
+    dpi = config.section(params, "plot", config.Plot).dpi
+    variants = config.variants(params)
     test_images = load_data(data).test_images.squeeze(1).numpy()
     figures = {
         "test_loss.png": draw_curves(read_curves(plots / "curves" / "test_loss.csv"),
@@ -139,7 +129,7 @@ def main(
     for v, spec in variants.items():
         items = read_misclassified(plots / "misclassified" / f"{v}.json")
         figures[f"misclassified_{v}.png"] = draw_misclassified(
-            test_images, items, f"{spec['label']}: 10 misclassified test images (of {len(items)})")
+            test_images, items, f"{spec.label}: 10 misclassified test images (of {len(items)})")
     with atomic_dir(out) as folder:  # replaced as a whole: no figure of a variant that is gone stays behind
         for name, fig in figures.items():
             save_figure(fig, folder / name, dpi)
@@ -147,4 +137,4 @@ def main(
 
 
 if __name__ == "__main__":
-    cli.main(app, KEYS)
+    cli.main(app)

@@ -9,8 +9,6 @@ DVC metrics.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import statistics
 from collections.abc import Mapping, Sequence
@@ -20,13 +18,10 @@ from typing import Annotated
 import typer
 from matplotlib.figure import Figure
 
-from src import cli
-from src.files import Corrupt, atomic_path, read_input
-from src.params import get_key, load_params
-from src.plot import save_figure
+from src import cli, config
+from src.files import Corrupt, read_input, save_figure, write_csv, write_json
 
 app = cli.app(__doc__.split("\n")[0])
-KEYS = {"dpi": "plot.dpi"}
 FIELDS = ("model", "batch_size", "seed", "test_error")
 
 
@@ -90,30 +85,24 @@ def main(
     results: Annotated[Path, typer.Option(help="Folder of the points' result files.")],
     out: Annotated[Path, typer.Option(help="Folder for the plot data (CSV) and the figure (PNG).")],
     metrics: Annotated[Path, typer.Option(help="Metrics file: mean and std of the test error per point.")],
-    dpi: Annotated[int, typer.Option(help="Resolution of the PNG figure.")],
 ) -> None:
-    """Gather the study's points into plot data, a figure and metrics."""
-    params = load_params()
-    study = get_key(params, "batch_study")
-    points = [(v, b, s) for v in get_key(params, "variants") for b in study["batch_sizes"] for s in study["seeds"]]
+    """Gather the study's points (`batch_study`, `variants`) into plot data, a figure (at `plot.dpi`) and metrics."""
+    params = config.load()
+    study = config.section(params, "batch_study", config.BatchStudy)
+    dpi = config.section(params, "plot", config.Plot).dpi
+    points = [(v, b, s) for v in config.variants(params) for b in study.batch_sizes for s in study.seeds]
     found = [read_result(results / result_name(*p)) for p in points]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({"model": r["label"], **{k: r[k] for k in FIELDS[1:]}} for r in found)
-    with atomic_path(out / "test_error.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_csv(out / "test_error.csv", FIELDS, [[r["label"], *(r[k] for k in FIELDS[1:])] for r in found])
     summary = summarize(found)
     first = found[0]
     title = (f"Test error against batch size ({first['epochs']} epochs on {first['train_images']:,} "
              "training images)")
     save_figure(draw_study(summary, title), out / "test_error.png", dpi)
-    with atomic_path(metrics) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(metrics, summary)
     for label, by_batch in summary.items():
         cells = "  ".join(f"{b}: {p['mean']:.2f}±{p['std']:.2f}" for b, p in by_batch.items())
         print(f"{label:>8} test error (%) by batch size  {cells}")
 
 
 if __name__ == "__main__":
-    cli.main(app, KEYS)
+    cli.main(app)

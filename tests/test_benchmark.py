@@ -11,7 +11,8 @@ import torch
 
 from benchmarks import throughput
 from src.data import load_data
-from src.engine import TrainConfig, resolve_fast_path
+from src.engine import TrainConfig
+from src.speed import plan
 
 
 @pytest.fixture
@@ -41,8 +42,8 @@ def test_prints_the_ratio_of_the_precision_to_the_baseline(tiny_npz, capsys, pre
     for r in rows:
         assert r["variant"] == "gn"
         assert r["train_img_s"] > 0 and math.isfinite(r["ratio"]) and r["eval_img_s"] > 0 and r["peak_mib"] > 0
-    # exact is float32 channels-last for GroupNorm on every CPU; fast depends on this one (resolve_fast_path).
-    expected = resolved or throughput.describe_path(*resolve_fast_path(precision, "gn", torch.device("cpu")))
+    # exact is float32 channels-last for GroupNorm on every CPU; fast depends on this one (src.speed.plan).
+    expected = resolved or plan(precision, "gn", torch.device("cpu")).describe()
     assert rows[1]["resolved"] == expected
     line = next((s for s in out.splitlines() if s.startswith("gn") and f"project {precision} ({expected})" in s), None)
     assert line is not None, f"no table row for {precision}:\n{out}"
@@ -69,7 +70,7 @@ def test_a_run_the_project_cannot_make_is_reported_not_fatal(tiny_npz, capsys, m
 
 def test_bad_options_are_one_line_errors(tiny_npz, capsys):
     assert throughput.run(["--data", str(tiny_npz), "--variants", "nope"]) == 1
-    assert "unknown variant nope" in capsys.readouterr().err
+    assert "unknown variant 'nope'; params.yaml variants are: bn_l1, gn, ln" in capsys.readouterr().err
     assert throughput.run(["--data", str(tiny_npz), "--steps", "100"]) == 1  # 100 x 128 > 512 images
     assert "exceeds" in capsys.readouterr().err
     with pytest.raises(SystemExit):

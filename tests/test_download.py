@@ -40,7 +40,7 @@ def use_dataset(name: str) -> None:
 
 
 def run_download(capsys) -> tuple[int, str]:
-    code = cli.run(download.app, download.KEYS, ["--out", "out.npz", "--stats-out", "stats.json"])
+    code = cli.run(download.app, ["--out", "out.npz", "--stats-out", "stats.json"])
     return code, capsys.readouterr().err
 
 
@@ -99,13 +99,13 @@ def test_the_other_datasets_files_are_refused(workdir, tmp_path, capsys, monkeyp
 def test_fashion_class_names_reach_every_output(workdir, tmp_path, capsys, monkeypatch, no_folders):
     monkeypatch.setenv("NORMCMP_FASHION_MNIST_DIR", str(write_fashion_like(tmp_path / "fashion")))
     use_dataset("fashion-mnist")
-    assert cli.run(download.app, download.KEYS, []) == 0
+    assert cli.run(download.app, []) == 0
     for v in VARIANTS:
-        assert cli.run(train.app, train.KEYS, [v, "--no-progress"]) == 0
-    assert cli.run(evaluate.app, evaluate.KEYS, []) == 0
+        assert cli.run(train.app, [v, "--no-progress"]) == 0
+    assert cli.run(evaluate.app, []) == 0
     figures = {}
     monkeypatch.setattr(plot, "save_figure", lambda fig, path, dpi: figures.setdefault(path.name, fig))
-    assert cli.run(plot.app, plot.KEYS, []) == 0
+    assert cli.run(plot.app, []) == 0
 
     with open("plots/per_class_accuracy.csv", newline="") as f:
         assert [row["class"] for row in csv.DictReader(f)] == FASHION

@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import engine
+from src import config, engine, speed
 from src.data import load_data
-from src.engine import Layout, NonFiniteLoss, TrainConfig, check_l1, fit, make_model, pick_device, resolve_fast_path
+from src.engine import NonFiniteLoss, TrainConfig, fit, make_model, pick_device
 from src.errors import ConfigError, UserError
 from src.model import ModelConfig
-from src.params import checked
+from src.speed import Layout, Plan, plan
 
 CPU = torch.device("cpu")
 
@@ -32,13 +32,6 @@ def test_same_seed_same_weights(dataset_file):
     b, hb = _fit(dataset_file, norm="gn")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert [r["test_loss"] for r in ha] == [r["test_loss"] for r in hb]
-
-
-def test_l1_only_with_batch_norm(dataset_file):
-    check_l1("bn", 1e-4)
-    for norm in ("gn", "ln"):
-        with pytest.raises(ConfigError, match=f"only allowed with norm 'bn'; set l1 to 0 for norm '{norm}'"):
-            _fit(dataset_file, norm=norm, l1=1e-4)
 
 
 def test_l1_changes_training(dataset_file):
@@ -101,7 +94,7 @@ def test_device_choice():
 
 def _force_layout(monkeypatch, layout: Layout, bf16: bool = False) -> None:
     """Make `fit` train in `layout` (and bf16) whatever the precision and CPU."""
-    monkeypatch.setattr(engine, "resolve_fast_path", lambda *args: (layout, bf16))
+    monkeypatch.setattr(engine, "plan", lambda *args: Plan(layout, bf16))
 
 
 def test_tiny_runs_and_channels_last_with_l1(dataset_file, monkeypatch):
@@ -117,18 +110,18 @@ def test_tiny_runs_and_channels_last_with_l1(dataset_file, monkeypatch):
 def test_exact_depends_on_the_norm_alone_and_fast_on_the_cpu(native, amx, monkeypatch):
     """exact: float32, channels-last for GN and LN and NCHW for BN on every CPU, NCHW on CUDA. fast: bf16 on CPUs
     with native bf16 (NCHW with AMX, `stem` without), except LN; elsewhere as exact."""
-    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: native)
-    monkeypatch.setattr(engine, "amx_cpu", lambda: amx)
+    monkeypatch.setattr(speed, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(speed, "amx_cpu", lambda: amx)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    fp32 = {"bn": (Layout.false, False), "gn": (Layout.true, False), "ln": (Layout.true, False)}
-    bf16 = (Layout.false if amx else Layout.stem, True)
+    fp32 = {"bn": Plan(Layout.false, False), "gn": Plan(Layout.true, False), "ln": Plan(Layout.true, False)}
+    bf16 = Plan(Layout.false if amx else Layout.stem, True)
     for norm in ("bn", "gn", "ln"):
-        assert resolve_fast_path("exact", norm, cpu) == fp32[norm]
-        assert resolve_fast_path(engine.Precision.exact, norm, cuda) == (Layout.false, False)
-        assert resolve_fast_path("fast", norm, cpu) == (bf16 if native and norm != "ln" else fp32[norm])
-        assert resolve_fast_path("fast", norm, cuda) == (Layout.false, False)
-    assert TrainConfig().precision == engine.Precision.exact
-    assert TrainConfig(precision="FAST").precision == engine.Precision.fast
+        assert plan("exact", norm, cpu) == fp32[norm]
+        assert plan(speed.Precision.exact, norm, cuda) == Plan(Layout.false, False)
+        assert plan("fast", norm, cpu) == (bf16 if native and norm != "ln" else fp32[norm])
+        assert plan("fast", norm, cuda) == Plan(Layout.false, False)
+    assert TrainConfig().precision == speed.Precision.exact
+    assert TrainConfig(precision="fast").precision == speed.Precision.fast
     with pytest.raises(ConfigError, match="train.precision must be exact or fast"):
         TrainConfig(precision="bf16")
 
@@ -155,7 +148,7 @@ def test_stem_layout_computes_what_nchw_computes(dataset_file, norm, monkeypatch
     plain = model(x)
     seen = []
     model.features[2].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
-    with engine.stem_channels_last(model) as handles:
+    with speed.stem_channels_last(model) as handles:
         torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 2 and seen == [True]  # the 8 -> 12 convolution (the first has one input channel)
     assert not model.features[1][0]._forward_hooks
@@ -219,10 +212,10 @@ def test_train_threads_wins_over_omp_num_threads(monkeypatch):
     for bad in (0, -2, "many", "1.5", True):
         with pytest.raises(ConfigError, match="train.threads must be auto or a positive integer"):
             pick_device("cpu", threads=bad)
-    # params.yaml may write the count as a YAML integer: it reaches the (string) option as "2"
-    assert checked("train.threads", 2, str) == "2"
-    with pytest.raises(UserError, match="train.threads = True must be a string"):
-        checked("train.threads", True, str)
+    # params.yaml writes the count as a YAML integer, or auto; true is neither
+    assert config.compute({"train": {"device": "cpu", "threads": 2, "precision": "exact"}}).threads == 2
+    with pytest.raises(UserError, match="train.threads = True must be an integer or a string"):
+        config.compute({"train": {"device": "cpu", "threads": True, "precision": "exact"}})
 
 
 def test_the_l1_term_per_tensor_mean_weighs_each_tensor_alike():
@@ -256,7 +249,7 @@ def test_stem_layout_finds_the_convolutions_of_the_writeup_network():
     model = make_model(ModelConfig(norm="gn", arch="writeup"), seed=1).eval()
     x = torch.randn(2, 1, 28, 28)
     plain = model(x)
-    with engine.stem_channels_last(model) as handles:
+    with speed.stem_channels_last(model) as handles:
         torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-5)
     assert len(handles) == 4  # the 8 -> 16 convolution and the 1x1 transition
 

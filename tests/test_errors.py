@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ STAGES = {"download": download, "train": train, "evaluate": evaluate, "plot": pl
 
 
 def run(stage: str, *argv: str) -> int:
-    return cli.run(STAGES[stage].app, STAGES[stage].KEYS, list(argv))
+    return cli.run(STAGES[stage].app, list(argv))
 
 
 def error_line(capsys) -> str:
@@ -48,15 +49,18 @@ def set_param(key: str, value) -> None:
 # --- parameters -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, message", [
-    ("variants.gn.norm", "in", "variants.gn.norm = 'in' is unknown; choose bn, gn or ln"),
-    ("variants.gn.l1", 1e-4, "l1 = 0.0001 is only allowed with norm 'bn'"),
-    ("model.gn_groups", 3, "gn_groups=3 does not divide the channel count 8"),
+    ("variants.gn.norm", "in", "params.yaml: variants.gn.norm = 'in' must be one of bn, gn, ln"),
+    ("variants.gn.l1", 1e-4, "params.yaml: variants.gn.l1 applies to norm bn only (this variant's is gn)"),
+    ("variants.gn.gn_groups", 3, "params.yaml: gn_groups = 3 does not divide the channel count 8"),
+    ("variants.gn.gn_grups", 2, "params.yaml: unknown key 'variants.gn.gn_grups'"),
+    ("variants.gn.gn_groups", "four", "params.yaml: variants.gn.gn_groups = 'four' must be an integer"),
     ("train.epochs", 0, "train.epochs must be >= 1 (got 0)"),
     ("train.batch_size", 0, "train.batch_size must be >= 1 (got 0)"),
     ("train.lr", -0.1, "train.lr must be > 0 (got -0.1)"),
     ("variants.bn_l1.l1", -1.0, "variants.<variant>.l1 must be >= 0"),
     ("train.device", "tpu", "train.device = 'tpu' is unknown"),
-    ("train.threads", 0, "train.threads must be auto or a positive integer (got '0')"),
+    ("train.threads", 0, "train.threads must be auto or a positive integer (got 0)"),
+
     ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
     ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
     ("train.precision", "bf16", "params.yaml: train.precision = 'bf16' must be one of exact, fast"),
@@ -75,18 +79,32 @@ def test_bad_training_parameters(workdir, capsys, key, value, message):
 
 @pytest.mark.parametrize("variant", ["bn_l1", "ln"])
 def test_the_stage_trains_what_params_yaml_defines(workdir, variant):
-    """The train stage (options defaulting from params.yaml) and `variant_configs` (the notebook's and the
-    tools' way in) build the same configs; a command-line option overrides its setting."""
-    from src.engine import TrainConfig
-    from src.params import load_params
+    """The train stage and `config.run` (the notebook's and the tools' way in) build the same configs, and the
+    model file records them."""
+    from src import config
 
-    assert run("train", variant, "--no-progress", "--rotation", "3") == 0
+    set_param("train.rotation", 3.0)
+    assert run("train", variant, "--no-progress") == 0
     ckpt = torch.load(f"models/{variant}.pt", weights_only=True)
-    model_cfg, cfg = train.variant_configs(load_params(), variant)
-    assert ckpt["model"] == model_cfg.to_dict()
-    saved = TrainConfig(**ckpt["train"])
-    assert saved.rotation == 3 != cfg.rotation
-    assert TrainConfig(**{**ckpt["train"], "rotation": cfg.rotation}) == cfg  # all else as params.yaml says
+    spec = config.run(config.load(), variant)
+    assert ckpt["model"] == spec.model.to_dict() and ckpt["variant"] == variant
+    assert ckpt["train"] == dataclasses.asdict(spec.train) and spec.train.rotation == 3.0
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(workdir, capsys):
+    text = Path("params.yaml").read_text()
+    Path("params.yaml").write_text(text.replace("train:\n", "train:\n  seed: 2\n", 1))
+    assert run("train", "gn") == 1
+    line = error_line(capsys)
+    assert "params.yaml: key 'train.seed' is set twice (lines " in line and not Path("models").exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_a_bad_value_is_refused_before_anything_is_printed(workdir, capsys):
+    set_param("train.validation", 70_000)
+    assert run("train", "gn", "--no-progress") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "train.validation = 70000 must be below the 512 training images" in captured.err
 
 
 def test_unknown_variant_and_broken_params_file(workdir, capsys):
@@ -245,7 +263,7 @@ def test_interrupted_training_exits_promptly_and_keeps_the_previous_outputs(work
 # --- the command line ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
-    (["gn", "--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["gn", "--progress", "abc"], "Got unexpected extra argument"),
     (["gn", "--epoch", "3"], "No such option: --epoch"),
     ([], "Missing argument 'variant'"),
 ])

@@ -71,9 +71,9 @@ def wait_for_queue(repo: Path, env: dict, timeout: float = 300) -> dict[str, str
 
 @pytest.fixture(scope="module")
 def sweep(project) -> dict[str, dict]:
-    """One experiment run at once (`-S model.gn_groups=2`), then two seeds queued and run by one worker."""
+    """One experiment run at once (`-S variants.gn.gn_groups=2`), then two seeds queued and run by one worker."""
     repo, env = project
-    sh("dvc", "exp", "run", "-S", "model.gn_groups=2", "-n", "gn2", cwd=repo, env=env)
+    log = sh("dvc", "exp", "run", "-S", "variants.gn.gn_groups=2", "-n", "gn2", cwd=repo, env=env)
     # `dvc exp run` leaves the experiment in the workspace; queue the seeds from the commit, not from gn2.
     sh("git", "checkout", "--", ".", cwd=repo, env=env)
     sh("dvc", "checkout", cwd=repo, env=env)
@@ -90,27 +90,34 @@ def sweep(project) -> dict[str, dict]:
     sh("git", "rm", "-q", "--cached", "staged.txt", cwd=repo, env=env)
     for name in ("staged.txt", "untracked.txt"):
         (repo / name).unlink()
-    return experiments(repo, env)
+    runs = experiments(repo, env)
+    runs["gn2"]["log"] = log
+    return runs
 
 
 def test_exp_run_with_a_changed_parameter(sweep):
-    assert params_of(sweep["baseline"])["model"]["gn_groups"] == 4
-    assert params_of(sweep["gn2"])["model"]["gn_groups"] == 2
+    assert params_of(sweep["baseline"])["variants"]["gn"]["gn_groups"] == 4
+    assert params_of(sweep["gn2"])["variants"]["gn"]["gn_groups"] == 2
     assert all(0 <= acc <= 100 for acc in accuracies(sweep["gn2"]).values())
+    # Only GN reads gn_groups: the experiment retrained GN alone.
+    log = sweep["gn2"]["log"]
+    assert "Running stage 'train_gn'" in log
+    for stage in ("download", "train_bn_l1", "train_ln"):
+        assert f"Stage '{stage}' didn't change, skipping" in log
 
 
 def test_queued_seeds_run_from_the_commit_with_their_own_seed(project, sweep):
     repo, env = project
     for seed in (2, 3):
         params = params_of(sweep[f"seed{seed}"])
-        assert params["train"]["seed"] == seed and params["model"]["gn_groups"] == 4
+        assert params["train"]["seed"] == seed and params["variants"]["gn"]["gn_groups"] == 4
         assert set(accuracies(sweep[f"seed{seed}"])) == set(METRICS)  # the three models' metrics, one column each
     assert accuracies(sweep["seed2"]) != accuracies(sweep["seed3"])
     # The README's table: one test-accuracy column per model, one row per experiment.
-    table = sh("dvc", "exp", "show", "--drop", ".*", "--keep", "Experiment|.*:test_acc|train.seed|model.gn_groups",
-               cwd=repo, env={**env, "COLUMNS": "200"})
+    keep = "Experiment|.*:test_acc|train.seed|variants.gn.gn_groups"
+    table = sh("dvc", "exp", "show", "--drop", ".*", "--keep", keep, cwd=repo, env={**env, "COLUMNS": "200"})
     header = next(line for line in table.splitlines() if "Experiment" in line).split()
-    assert header == ["Experiment", *(f"{f}:test_acc" for f in METRICS), "model.gn_groups", "train.seed"]
+    assert header == ["Experiment", *(f"{f}:test_acc" for f in METRICS), "train.seed", "variants.gn.gn_groups"]
     assert all(f"[{name}]" in table for name in ("gn2", "seed2", "seed3"))
     # The experiment's commit: what its copy of the project held.
     tracked = sh("git", "ls-tree", "-r", "--name-only", sweep["seed2"]["rev"], cwd=repo, env=env).split()

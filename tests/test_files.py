@@ -28,7 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def run(stage: str, *argv: str) -> int:
-    return cli.run(STAGES[stage].app, STAGES[stage].KEYS, list(argv))
+    return cli.run(STAGES[stage].app, list(argv))
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from src import config, speed
 from src.engine import TrainConfig
-from src.model import MaxPool2x2, ModelConfig, Net, StdConv2d, count_parameters, norm_layer
-from src.params import load_params
-from src.train import variant_configs
+from src.model import ModelConfig, Net, StdConv2d, count_parameters, norm_layer
+from src.speed import MaxPool2x2
 from tests.conftest import ROOT
 
 
@@ -17,9 +17,9 @@ def test_output_shape_and_size(norm):
 
 @pytest.mark.parametrize("variant", ["bn_l1", "gn", "ln"])
 def test_the_defaults_are_what_params_yaml_ships(variant):
-    model_cfg, train_cfg = variant_configs(load_params(ROOT / "params.yaml"), variant)
-    assert model_cfg == ModelConfig(norm=model_cfg.norm)
-    assert train_cfg == TrainConfig(l1=train_cfg.l1)
+    run = config.run(config.load(ROOT / "params.yaml"), variant)
+    assert run.model == ModelConfig(norm=run.model.norm)
+    assert run.train == TrainConfig(l1=run.train.l1)
 
 
 def test_the_network_is_the_documented_one():
@@ -65,7 +65,7 @@ def test_group_norm_uses_one_mean_per_image_and_group():
 def test_unknown_norm_and_bad_groups_are_refused():
     with pytest.raises(ValueError, match="is not a valid Norm"):
         ModelConfig(norm="in")
-    with pytest.raises(ValueError, match="gn_groups=3 does not divide"):
+    with pytest.raises(ValueError, match="gn_groups = 3 does not divide the channel count 8"):
         ModelConfig(norm="gn", gn_groups=3)
 
 
@@ -129,7 +129,14 @@ def test_relu_before_norm_swaps_only_the_order_in_each_block(norm):
 
 @pytest.mark.parametrize("norm", ["bn", "gn"])
 def test_the_pooled_block_pools_before_its_relu_with_the_same_values_and_gradients(norm):
-    block = Net(ModelConfig(norm=norm)).features[1]  # conv, norm, max-pool, ReLU, dropout (identity)
+    net = Net(ModelConfig(norm=norm))
+    assert [type(m) for m in net.features[1]][2:4] == [torch.nn.MaxPool2d, torch.nn.ReLU]
+    with speed.Plan(speed.Layout.false, bf16=False).applied(net):  # as `fit` trains it: the fast max-pool
+        _check_pooled_block(net.features[1])  # conv, norm, max-pool, ReLU, dropout (identity)
+    assert type(net.features[1][2]) is torch.nn.MaxPool2d  # the plain one again once training ends
+
+
+def _check_pooled_block(block):
     assert [type(m) for m in block][2:4] == [MaxPool2x2, torch.nn.ReLU]
     conv, norm_layer_, *_ = block
     reference = torch.nn.Sequential(conv, norm_layer_, torch.nn.ReLU(), torch.nn.MaxPool2d(2))  # the textbook order
@@ -177,12 +184,10 @@ def test_the_fast_max_pool_leaves_channels_last_and_small_inputs_to_the_built_in
                                                                                      channels_last):
     """A channels-last map is pooled by PyTorch's own kernel (vectorized over channels already), and so is a batch
     of fewer than MIN_PLANES planes, where the transposes cost more than they save."""
-    import src.model
-
     def refuse(x):
         raise AssertionError("the planes-as-channels path ran")
 
-    monkeypatch.setattr(src.model._PlanesAsChannels, "apply", refuse)
+    monkeypatch.setattr(speed._PlanesAsChannels, "apply", refuse)
     x = torch.randn(size)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     grad = torch.randn(*size[:2], 4, 4)

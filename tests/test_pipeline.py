@@ -46,6 +46,42 @@ def make_repo(tmp_path: Path, params: dict, data_dir: Path) -> tuple[Path, dict]
     return repo, env
 
 
+def changed_params(repo: Path, env: dict) -> dict[str, dict]:
+    """Per stage, the settings `dvc status` finds changed against dvc.lock."""
+    status = json.loads(sh("dvc", "status", "--json", cwd=repo, env=env))
+    return {stage: change["changed deps"]["params.yaml"] for stage, changes in status.items()
+            for change in changes if isinstance(change, dict) and "params.yaml" in change.get("changed deps", {})}
+
+
+EVERY_VARIANT = {"evaluate": {"variants": "modified"}, "plot": {"variants": "modified"}}
+
+
+@pytest.mark.parametrize("key, value, stages", [
+    # evaluate and plot check and label every variant, so they read the whole `variants` section
+    ("variants.gn.gn_groups", 2, {"train_gn": {"variants.gn": "modified"}, **EVERY_VARIANT}),
+    ("variants.bn_l1.l1", 2e-4, {"train_bn_l1": {"variants.bn_l1": "modified"}, **EVERY_VARIANT}),
+    ("train.lr", 0.1, {f"train_{v}": {"train": "modified"} for v in ("bn_l1", "gn", "ln")}),
+    ("plot.dpi", 60, {"plot": {"plot": "modified"}}),
+])
+def test_a_setting_reruns_only_the_stages_that_read_it(tmp_path, key, value, stages):
+    """The committed lock matches params.yaml; one changed setting marks exactly the stages that read it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    sh("dvc", "init", "-q", "--no-scm", cwd=repo, env=env)
+    assert changed_params(repo, env) == {}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert changed_params(repo, env) == stages
+
+
 def test_dvc_repro_end_to_end(tmp_path):
     repo, env = make_repo(tmp_path, tiny_params(), write_mnist(tmp_path / "mnist"))
     out = sh("dvc", "repro", cwd=repo, env=env)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.files import write_csv
-from src.plot import draw_curves, draw_misclassified, read_curves, save_figure
+from src.files import save_figure, write_csv
+from src.plot import draw_curves, draw_misclassified, read_curves
 
 CURVES = {"BN + L1": [90.0 + e / 2 for e in range(20)], "GN": [91.0 + e / 2 for e in range(20)],
           "LN": [92.0 + e / 2 for e in range(19)]}

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from src.study_plot import read_result, summarize
-from src.study_train import study_point
+from src.study_train import study_run
 from tests.conftest import ROOT, tiny_params, write_mnist
 from tests.test_pipeline import make_repo, sh
 from tests.test_plots_page import IN_CI, MODELS, TAB10, encodings, specs
@@ -23,11 +23,12 @@ POINTS = [(v, b) for v in ("bn_l1", "gn", "ln") for b in (2, 4)]
 
 def test_each_point_is_the_variant_at_its_batch_size_with_the_rate_scaled_linearly():
     params = tiny_params(batch_size=128, lr=0.05, epochs=20)
+    params["batch_study"]["epochs"] = 4
     for batch in (2, 16, 128):
-        model_cfg, cfg, n = study_point(params, "bn_l1", batch, seed=2, epochs=4, train_images=1000)
-        assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.seed, n) == (batch, pytest.approx(0.05 * batch / 128), 4, 2,
-                                                                    1000)
-        assert (model_cfg.norm, cfg.l1) == ("bn", 1e-4)
+        run = study_run(params, "bn_l1", batch, seed=2)
+        cfg = run.train
+        assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.seed) == (batch, pytest.approx(0.05 * batch / 128), 4, 2)
+        assert (run.model.norm, cfg.l1) == ("bn", 1e-4)
         assert cfg.rotation == params["train"]["rotation"] and cfg.grad_clip == params["train"]["grad_clip"]
 
 

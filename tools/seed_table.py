@@ -36,14 +36,9 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from enum import Enum
 
+from src.config import get_key
+
 METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap")
-
-
-def param(params: dict, key: str):
-    """The value of a dotted params.yaml key, or None."""
-    for part in key.split("."):
-        params = params.get(part) if isinstance(params, dict) else None
-    return params
 
 
 def default(key: str):
@@ -61,7 +56,7 @@ def default(key: str):
 
 
 def group_value(params: dict, key: str):
-    value = param(params, key)
+    value = get_key(params, key, None)
     return default(key) if value is None else value
 
 
@@ -77,9 +72,9 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
             data = (run.get("data") or {})
             files = data.get("metrics") or {}
             params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-            seed = param(params, "train.seed")
-            held = param(params, "train.validation") or 0
-            group = (param(params, "download.dataset") or "mnist",
+            seed = get_key(params, "train.seed", None)
+            held = get_key(params, "train.validation", None) or 0
+            group = (get_key(params, "download.dataset", None) or "mnist",
                      f"validation ({held} held out)" if held else "test",
                      *(f"{key}={group_value(params, key)}" for key in by))
             # metrics/<variant>.json of the evaluate stage; not its comparison, nor other pipelines' metrics (the
