@@ -25,7 +25,7 @@ endif
 # The write-up's recipe (docs/yardstick.md) as overrides of params.yaml for `dvc exp run`.
 WRITEUP_RECIPE := -S model.arch=writeup -S train.batch_size=64 -S train.lr=0.015 -S train.pct_start=0.3 \
 	-S train.momentum=0.95 -S train.cycle_momentum=true -S train.nesterov=false -S train.brightness=0.4 \
-	-S train.contrast=0.4 -S train.label_smoothing=0.0 -S train.grad_clip=0.0 -S train.l1_tensor_mean=true
+	-S train.contrast=0.4 -S train.label_smoothing=0.0 -S train.grad_clip=0.0 -S variants.bn_l1.l1_tensor_mean=true
 # Seeds of `make seeds` (seed 1 is the committed run) and `make yardstick`.
 SEEDS ?= 2,3,4,5
 
@@ -40,7 +40,7 @@ $(VENV)/.installed: requirements.txt
 
 repro: setup
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/python -m tools.results
 
 test: setup
 	$(BIN)/python -m pytest
@@ -68,7 +68,7 @@ yardstick: setup
 # The batch-size study (studies/batch_size/dvc.yaml; about 22 minutes on 2 CPU cores), then its figure's numbers.
 study: setup
 	$(BIN)/dvc repro studies/batch_size/dvc.yaml
-	$(BIN)/dvc metrics show studies/batch_size/metrics.json
+	$(BIN)/python -m tools.results --study
 
 clean:
 	rm -rf $(VENV)
