@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import pickle
+from collections.abc import Mapping
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -10,7 +13,8 @@ from pathlib import Path
 import torch
 
 from src.engine import TrainConfig
-from src.files import Corrupt, atomic_path, read_input
+from src.errors import UserError
+from src.files import Corrupt, atomic_path, input_error, read_input
 from src.model import ModelConfig, Net
 
 
@@ -35,13 +39,19 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> tuple[Net, di
     `weights_only=True` means loading never runs code stored in the file.
     """
     path = Path(path)
-    return read_input(path, stage or f"train_{path.stem}", _rebuild)
+    stage = stage or f"train_{path.stem}"
+    return read_input(path, stage, lambda p: _rebuild(p, stage))
 
 
-def _rebuild(path: Path) -> tuple[Net, dict]:
+def _rebuild(path: Path, stage: str) -> tuple[Net, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch reports a cut or foreign file as OSError, RuntimeError, UnpicklingError, ...
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not code: bytes that are no pickle at all
+            raise Corrupt("not a complete PyTorch model file") from e
+        problem = "holds objects other than weights (code or classes) and was not loaded"
+        raise input_error(path, stage, problem) from None
+    except Exception as e:  # torch reports a cut or foreign file as OSError, RuntimeError, ...
         raise Corrupt("not a complete PyTorch model file") from e
     if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), dict) for k in ("model", "train", "state_dict")):
         raise Corrupt("it holds no model, training config and weights")
@@ -51,3 +61,38 @@ def _rebuild(path: Path) -> tuple[Net, dict]:
     except RuntimeError:
         raise Corrupt(f"weights do not match the architecture {model.cfg}") from None
     return model, ckpt
+
+
+def file_md5(path: str | Path) -> str:
+    """The md5 of a file, as DVC records it: what a model file keeps of the dataset it was trained on."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_models(folder: Path, variants: Mapping, data: Path) -> tuple[dict[str, tuple[Net, dict]], int]:
+    """Each variant's model from `folder` (`<variant>.pt`) and the validation split they were trained with; an error
+    if a file holds another norm than params.yaml's variant, was trained on other data than `data`, or if the
+    models were trained on different splits."""
+    now = file_md5(data) if data.is_file() else None
+    loaded = {}
+    for v, spec in variants.items():
+        path = folder / f"{v}.pt"
+        model, ckpt = load_checkpoint(path, stage=f"train_{v}")
+        if model.cfg.norm != spec.norm:
+            raise UserError(f"{path} holds a {model.cfg.norm} model but params.yaml says variants.{v}.norm "
+                            f"is {spec.norm}", hint=f"run `dvc repro train_{v}`")
+        trained_on = ckpt.get("data_md5")
+        if now is not None and trained_on != now:
+            was = f"md5 {trained_on[:8]}…" if isinstance(trained_on, str) else "no record of it"
+            raise UserError(f"{path} was trained on other data than {data} ({was}; {data} now: md5 {now[:8]}…)",
+                            hint=f"run `dvc repro` to retrain it on this data, or restore the data it was trained "
+                                 f"on (`dvc checkout {data}`)")
+        loaded[v] = model, ckpt
+    splits = {v: ckpt["train"].get("validation", 0) for v, (_, ckpt) in loaded.items()}
+    if len(set(splits.values())) > 1:
+        raise UserError(f"the models were trained on different validation splits {splits}",
+                        hint="run `dvc repro` to retrain them with the same train.validation")
+    return loaded, next(iter(splits.values()), 0)

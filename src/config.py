@@ -83,6 +83,33 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Shift:
+    """`shift`: the severities of each kind of shift (src/shift.py) and the seed of the noise."""
+
+    contrast: list[float]
+    contrast_unclipped: list[float]
+    brightness: list[float]
+    brightness_unclipped: list[float]
+    noise: list[float]
+    blur: list[float]
+    rotation: list[float]
+    invert: list[float]
+    seed: int
+
+    def __post_init__(self) -> None:
+        rules = {"contrast": (lambda a: a > 0, "> 0"), "contrast_unclipped": (lambda a: a > 0, "> 0"),
+                 "noise": (lambda s: s >= 0, ">= 0"), "blur": (lambda s: 0 <= s <= 4, "in [0, 4] pixels"),
+                 "invert": (lambda t: 0 <= t <= 1, "in [0, 1]")}
+        for name, (ok, allowed) in rules.items():
+            if not all(ok(v) for v in getattr(self, name)):
+                raise ValueError(f"shift.{name} must be {allowed} (got {getattr(self, name)})")
+
+    def severities(self) -> dict[str, list[float]]:
+        """Kind -> its severities, in the order of the panels."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "seed"}
+
+
+@dataclass(frozen=True)
 class Plot:
     """`plot`: the figures of the main pipeline and of the batch-size study."""
 

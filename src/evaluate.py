@@ -16,10 +16,9 @@ import torch
 import typer
 
 from src import cli, config
-from src.checkpoint import load_checkpoint
+from src.checkpoint import load_models
 from src.data import DATASET_FILE, load_data
 from src.engine import pick_device, predict, score, split_name
-from src.errors import UserError
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
 
 app = cli.app(__doc__.split("\n")[0])
@@ -61,15 +60,6 @@ def _parse_summary(path: Path) -> dict:
     if not isinstance(summary, dict) or not isinstance(summary.get("params"), int):
         raise Corrupt("it holds no parameter count")
     return summary
-
-
-def held_out(loaded: dict[str, tuple]) -> int:
-    """The validation split the models were trained with (`train.validation`); all must agree."""
-    splits = {v: ckpt["train"].get("validation", 0) for v, (_, ckpt) in loaded.items()}
-    if len(set(splits.values())) > 1:
-        raise UserError(f"the models were trained on different validation splits {splits}",
-                        hint="run `dvc repro` to retrain them with the same train.validation")
-    return next(iter(splits.values()))
 
 
 def score_model(model, data, batch_size: int = 2000) -> dict:
@@ -114,15 +104,6 @@ def error_overlap(preds: list[torch.Tensor], labels: torch.Tensor) -> dict[str, 
     return {"errors_shared_by_all": int(wrong.all(0).sum()), "errors_in_any": int(wrong.any(0).sum())}
 
 
-def load_variant(variant: str, norm: str, path: Path):
-    """The trained model of `variant`; an error if the file holds another norm."""
-    model, ckpt = load_checkpoint(path, stage=f"train_{variant}")
-    if model.cfg.norm != norm:
-        raise UserError(f"{path} holds a {model.cfg.norm} model but params.yaml says variants.{variant}.norm "
-                        f"is {norm}", hint=f"run `dvc repro train_{variant}`")
-    return model, ckpt
-
-
 def _rounded(d: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
@@ -148,10 +129,10 @@ def main(
     histories = {v: read_history(live / v) for v in variants}
     for v in variants:
         read_summary(live / v)  # a training run that did not finish has none
-    loaded = {v: load_variant(v, spec.norm, models / f"{v}.pt") for v, spec in variants.items()}
-    validation = held_out(loaded)
+    full = load_data(data)  # first: a damaged data file is named as such, not as other data than the models'
+    loaded, validation = load_models(models, variants, data)
     split = split_name(validation)
-    dataset = load_data(data).holdout(validation).to(dev)
+    dataset = full.holdout(validation).to(dev)
     labels = dataset.test_labels.cpu()
     summary, per_class, preds, confusion, wrong = {}, {}, [], {}, {}
     for v, spec in variants.items():

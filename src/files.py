@@ -38,6 +38,12 @@ _NO_ACCESS = "make that folder writable, then run the stage again (its previous 
 WRITE_ERRORS = {errno.ENOSPC: _NO_SPACE, errno.EDQUOT: _NO_SPACE, errno.EFBIG: _NO_SPACE,
                 errno.EROFS: _NO_ACCESS, errno.EACCES: _NO_ACCESS, errno.EPERM: _NO_ACCESS}
 
+def _mode(folder: bool) -> int:
+    """What the user's umask gives a new file or folder (0644 / 0755 at umask 022); tempfile makes 0600 / 0700."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
 # Renames waiting for the running stage to succeed (temporary path, output path); None outside `stage_outputs`.
 _pending: list[tuple[Path, Path]] | None = None
 
@@ -64,14 +70,32 @@ def _remove(path: Path) -> None:
 
 
 def _swap(tmp: Path, dest: Path) -> None:
-    """Put `tmp` at `dest`: one rename for a file; a folder moves the old one aside first, then deletes it."""
+    """Put `tmp` at `dest`: one rename for a file; a folder moves the old one aside first (to `_aside(dest)`), then
+    deletes it. A kill between the two renames leaves the old folder aside; `recover` puts it back."""
     if tmp.is_dir() and dest.exists():
-        old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old.tmp")
+        old = _aside(dest, secrets.token_hex(4))
         os.rename(dest, old)
         os.rename(tmp, dest)
         _remove(old)
     else:
         os.replace(tmp, dest)
+
+
+def _aside(dest: Path, tag: str) -> Path:
+    return dest.with_name(f".{dest.name}.{tag}.old.tmp")
+
+
+def recover(path: str | Path) -> None:
+    """Undo a folder swap that a kill cut short: if `path` is missing and its previous folder lies aside, put it
+    back; if `path` is there, delete what lies aside (the kill came after the new folder was in place)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    aside = sorted(path.parent.glob(_aside(path, "*").name))
+    if aside and not path.exists():
+        os.rename(aside.pop(), path)
+    for old in aside:
+        _remove(old)
 
 
 @contextmanager
@@ -101,10 +125,12 @@ def _temporary(path: Path, make: Callable[..., str]) -> Iterator[Path]:
     """A temporary sibling of `path` made by `make` (mkstemp or mkdtemp), finished if the block succeeds."""
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        recover(path)
         made = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(made[1] if isinstance(made, tuple) else made)
     if isinstance(made, tuple):
         os.close(made[0])
+    os.chmod(tmp, _mode(folder=not isinstance(made, tuple)))
     try:
         with _writing(path):
             yield tmp
@@ -201,6 +227,9 @@ def _reason(e: Exception) -> str:
 def read_input(path: str | Path, stage: str, parse: Callable[[Path], T]) -> T:
     """`parse(path)`; an error naming the file and `stage` (the stage that makes it) if it is missing or damaged."""
     path = Path(path)
+    for folder in reversed(path.parents):  # a folder of outputs that a killed stage left aside
+        if folder.name:
+            recover(folder)
     if not path.is_file():
         raise input_error(path, stage, "not found")
     try:

@@ -1,7 +1,8 @@
 """Stage `plot`: draw the comparison figures as PNG files with matplotlib.
 
 Graph 1 and 2 overlay the per-epoch test loss and test accuracy of all
-variants; one figure per variant shows ten misclassified test images. The
+variants; `shift.png` their accuracy on shifted test images (the shift
+stage's); one figure per variant shows ten misclassified test images. The
 drawing functions take plain data, so the notebook calls them too.
 """
 
@@ -99,6 +100,45 @@ def _parse_misclassified(path: Path) -> list[dict]:
     return items
 
 
+def draw_shift(rows: Sequence[Mapping], title: str = "Accuracy on shifted test images", cols: int = 4) -> Figure:
+    """One panel per kind of shift (rows' `shift`, in their order): accuracy against severity, a line per model."""
+    shifts = list(dict.fromkeys(r["shift"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    n_rows = -(-len(shifts) // cols)
+    fig = Figure(figsize=(3.3 * cols, 2.7 * n_rows + 0.6), layout="constrained")
+    fig.suptitle(title, fontsize=13)
+    axes = fig.subplots(n_rows, cols, sharey=True, squeeze=False).flat
+    for ax, kind in zip(axes, shifts):
+        for model, marker in zip(models, "osD^v"):
+            points = sorted((float(r["severity"]), float(r["accuracy"])) for r in rows
+                            if r["shift"] == kind and r["model"] == model)
+            ax.plot(*zip(*points), marker=marker, markersize=4, label=model)
+        ax.set_title(kind, fontsize=9)
+        ax.set(ylim=(0, 100), xlabel="severity")
+        ax.grid(alpha=0.3)
+    for ax in axes:  # the panels left over
+        ax.set_axis_off()
+    for row in fig.axes[::cols]:
+        row.set_ylabel("test accuracy (%)")
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), title="model", loc="outside right upper")
+    return fig
+
+
+def read_shift(path: Path) -> list[dict[str, str]]:
+    """The shift stage's rows: model, shift, severity, accuracy."""
+    return read_input(path, "shift", _parse_shift)
+
+
+def _parse_shift(path: Path) -> list[dict[str, str]]:
+    rows = read_table(path)
+    if set(rows[0]) != {"model", "shift", "severity", "accuracy"}:
+        raise Corrupt("it has no columns model, shift, severity and accuracy")
+    for r in rows:  # each a number, or an error naming the file
+        number(r["severity"])
+        number(r["accuracy"])
+    return rows
+
+
 def read_curves(path: Path) -> dict[str, list[float]]:
     """A wide curves CSV (epoch, one column per model) -> {model: values}."""
     return read_input(path, "evaluate", _parse_curves)
@@ -115,7 +155,8 @@ def main(
     plots: Annotated[Path, typer.Option(help="Folder of the evaluate stage's plot data.")] = Path("plots"),
     out: Annotated[Path, typer.Option(help="Output folder for the PNG figures.")] = Path("plots/images"),
 ) -> None:
-    """Draw Graph 1 (test loss), Graph 2 (test accuracy) and a misclassified grid per model (at `plot.dpi`)."""
+    """Draw Graph 1 (test loss), Graph 2 (test accuracy), the shift panels and a misclassified grid per model (at
+    `plot.dpi`)."""
     params = config.load()
     dpi = config.section(params, "plot", config.Plot).dpi
     variants = config.variants(params)
@@ -126,6 +167,7 @@ def main(
         "test_accuracy.png": draw_curves(read_curves(plots / "curves" / "test_acc.csv"),
                                          "Graph 2: test accuracy per epoch", "test accuracy (%)"),
     }
+    figures["shift.png"] = draw_shift(read_shift(plots / "shift.csv"))
     for v, spec in variants.items():
         items = read_misclassified(plots / "misclassified" / f"{v}.json")
         figures[f"misclassified_{v}.png"] = draw_misclassified(

@@ -15,7 +15,7 @@ import typer
 
 from dvclive import Live
 from src import cli, config
-from src.checkpoint import save_checkpoint
+from src.checkpoint import file_md5, save_checkpoint
 from src.data import DATASET_FILE, load_data
 from src.engine import fit, make_model, pick_device
 from src.files import atomic_dir, write_json
@@ -62,7 +62,8 @@ def main(
         live.summary["params"] = count_parameters(model)
         live.end()  # only a finished run is summarized
         save_checkpoint(model_out, model, run.train, variant=variant, params=count_parameters(model),
-                        device=str(dev), threads=threads, channels_last=how.layout.value, bf16=how.bf16)
+                        device=str(dev), threads=threads, channels_last=how.layout.value, bf16=how.bf16,
+                        data_md5=file_md5(data))
         write_json(TIMINGS / f"train_{variant}.json", {
             "train_seconds": round(seconds, 1),
             "epoch_seconds": [round(row["epoch_seconds"], 2) for row in history],

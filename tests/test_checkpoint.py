@@ -7,7 +7,8 @@ import hashlib
 import pytest
 import torch
 
-from src.checkpoint import load_checkpoint, save_checkpoint
+from src.checkpoint import file_md5, load_checkpoint, load_models, save_checkpoint
+from src.config import Variant
 from src.engine import TrainConfig, make_model
 from src.errors import UserError
 from src.model import ModelConfig
@@ -49,3 +50,43 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save(ckpt, tmp_path / "m.pt")
     with pytest.raises(UserError, match="weights do not match the architecture"):
         load_checkpoint(tmp_path / "m.pt", stage="train_gn")
+
+
+def test_a_file_holding_code_is_not_loaded_and_says_so(tmp_path):
+    model = make_model(ModelConfig(norm="gn"), seed=1)
+    torch.save({"model": model}, tmp_path / "m.pt")  # a pickled module: unpickling it would run its classes' code
+    with pytest.raises(UserError) as error:
+        load_checkpoint(tmp_path / "m.pt", stage="train_gn")
+    assert str(error.value) == (f"{tmp_path / 'm.pt'} holds objects other than weights (code or classes) and was not "
+                                "loaded; the train_gn stage makes it")
+
+
+def _models(folder, data, validation=(0, 0), md5s=None):
+    """Two saved GN models in `folder` as `a.pt` and `b.pt`, with the given splits and dataset md5s."""
+    md5s = md5s or [file_md5(data)] * 2
+    for name, split, md5 in zip("ab", validation, md5s):
+        model = make_model(ModelConfig(norm="gn"), seed=1)
+        save_checkpoint(folder / f"{name}.pt", model, TrainConfig(validation=split), data_md5=md5)
+    return {name: Variant(label=name, norm="gn") for name in "ab"}
+
+
+def test_models_load_with_their_split_when_they_agree_on_it_and_on_the_data(tmp_path, dataset_file):
+    variants = _models(tmp_path, dataset_file, validation=(100, 100))
+    loaded, validation = load_models(tmp_path, variants, dataset_file)
+    assert list(loaded) == ["a", "b"] and validation == 100
+    assert file_md5(dataset_file) == hashlib.md5(dataset_file.read_bytes()).hexdigest()
+    _models(tmp_path, dataset_file, validation=(100, 0))
+    with pytest.raises(UserError, match=r"trained on different validation splits \{'a': 100, 'b': 0\}"):
+        load_models(tmp_path, variants, dataset_file)
+
+
+def test_a_model_trained_on_other_data_is_refused(tmp_path, dataset_file):
+    now = file_md5(dataset_file)
+    variants = _models(tmp_path, dataset_file, md5s=[now, "0123456789abcdef" * 2])
+    with pytest.raises(UserError) as error:
+        load_models(tmp_path, variants, dataset_file)
+    assert str(error.value) == (f"{tmp_path / 'b.pt'} was trained on other data than {dataset_file} (md5 01234567…; "
+                                f"{dataset_file} now: md5 {now[:8]}…)")
+    _models(tmp_path, dataset_file, md5s=[now, None])
+    with pytest.raises(UserError, match="was trained on other data than .* \\(no record of it;"):
+        load_models(tmp_path, variants, dataset_file)

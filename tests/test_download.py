@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from src import cli, download, evaluate, plot, train
+from src import cli, download, evaluate, plot, shift, train
 from src.data import FILES, IMAGE_MAGIC
 from tests.conftest import synthetic_split, tiny_params, write_idx, write_mnist
 from tests.test_pipeline import IN_CI, REAL_DATA, make_repo, sh
@@ -103,6 +103,7 @@ def test_fashion_class_names_reach_every_output(workdir, tmp_path, capsys, monke
     for v in VARIANTS:
         assert cli.run(train.app, [v, "--no-progress"]) == 0
     assert cli.run(evaluate.app, []) == 0
+    assert cli.run(shift.app, []) == 0
     figures = {}
     monkeypatch.setattr(plot, "save_figure", lambda fig, path, dpi: figures.setdefault(path.name, fig))
     assert cli.run(plot.app, []) == 0

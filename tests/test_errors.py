@@ -272,3 +272,55 @@ def test_usage_errors_are_one_line_with_a_hint(workdir, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith(f"error: {message}"), err
     assert len(err.splitlines()) == 2 and err.splitlines()[1].startswith("hint: ") and "--help" in err, err
+
+
+# --- what a stage leaves: modes, a swap cut short, the data a model was trained on -------------------
+
+@pytest.mark.parametrize("umask, folder, file", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_outputs_get_the_modes_of_the_users_umask(workdir, umask, folder, file):
+    before = os.umask(umask)
+    try:
+        assert run("train", "gn", "--no-progress") == 0
+    finally:
+        os.umask(before)
+    assert Path("dvclive/gn").stat().st_mode & 0o777 == folder
+    assert Path("models/gn.pt").stat().st_mode & 0o777 == file
+    assert Path("dvclive/gn/metrics.json").stat().st_mode & 0o777 == file
+
+
+def test_a_folder_swap_cut_short_by_a_kill_is_undone_by_the_next_run(workdir, capsys):
+    """A kill between the swap's two renames leaves the previous folder aside and none in place: the next stage
+    that reads or writes it puts it back first; one killed after the new folder was in place leaves a stale copy,
+    which the next run deletes."""
+    for v in ("bn_l1", "gn", "ln"):
+        assert run("train", v, "--no-progress") == 0
+    before = snapshot("dvclive")
+    os.rename("dvclive/gn", "dvclive/.gn.1a2b3c4d.old.tmp")  # what the kill left
+    assert run("evaluate") == 0
+    assert snapshot("dvclive") == before and not list(Path("dvclive").glob(".*"))
+    os.rename("dvclive/gn", "dvclive/.gn.1a2b3c4d.old.tmp")
+    set_param("train.lr", -1.0)
+    assert run("train", "gn", "--no-progress") == 1  # refused before writing: the folder stays aside, nothing lost
+    assert Path("dvclive/.gn.1a2b3c4d.old.tmp").is_dir()
+    set_param("train.lr", 0.05)
+    (Path("dvclive") / ".ln.5e6f7a8b.old.tmp").mkdir()  # a kill after the new folder was in place
+    assert run("train", "ln", "--no-progress") == 0
+    assert run("train", "gn", "--no-progress") == 0
+    assert not list(Path("dvclive").glob(".*")) and snapshot("dvclive") == before
+    capsys.readouterr()
+
+
+def test_evaluate_refuses_models_trained_on_other_data(workdir, tmp_path, capsys):
+    from src.data import save_data
+    from tests.conftest import synthetic_split
+
+    for v in ("bn_l1", "gn", "ln"):
+        assert run("train", v, "--no-progress") == 0
+    train_set, test_set = synthetic_split(512, 7), synthetic_split(128, 8)
+    save_data(Path("data/dataset.npz"), {"train_images": train_set[0], "train_labels": train_set[1],
+                                         "test_images": test_set[0], "test_labels": test_set[1]},
+              [str(d) for d in range(10)])
+    assert run("evaluate") == 1
+    line = error_line(capsys)
+    assert "models/bn_l1.pt was trained on other data than data/dataset.npz (md5 " in line
+    assert not Path("metrics").exists() and not Path("plots").exists()

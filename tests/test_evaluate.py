@@ -3,8 +3,7 @@ import torch
 
 from src.data import load_data
 from src.engine import make_model, predict, score
-from src.errors import UserError
-from src.evaluate import compare, error_overlap, held_out, misclassified, per_class_accuracy, score_model
+from src.evaluate import compare, error_overlap, misclassified, per_class_accuracy, score_model
 from src.model import ModelConfig
 
 
@@ -47,13 +46,6 @@ def test_score_model_scores_clean_train_and_test_sets(dataset_file):
     assert (r["test_loss"], r["test_acc"]) == score(logits, data.test_labels)
     assert torch.equal(r["pred"], logits.argmax(1)) and r["conf"].shape == (len(data.test_labels),)
     assert 0 <= r["train_acc"] <= 100
-
-
-def test_models_trained_on_different_splits_are_refused():
-    same = {"a": (None, {"train": {"validation": 100}}), "b": (None, {"train": {"validation": 100}})}
-    assert held_out(same) == 100
-    with pytest.raises(UserError, match="trained on different validation splits"):
-        held_out({**same, "c": (None, {"train": {"validation": 0}})})
 
 
 def test_per_class_accuracy_is_recall_not_precision():

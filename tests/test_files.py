@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
-from src import cli, download, evaluate, plot, train
+from src import cli, download, evaluate, plot, shift, train
 from src.data import FILES
 from src.evaluate import CURVES
 from tests.conftest import tiny_params, write_mnist
 
-STAGES = {"download": download, "train": train, "evaluate": evaluate, "plot": plot}
+STAGES = {"download": download, "train": train, "evaluate": evaluate, "shift": shift, "plot": plot}
 VARIANTS = ("bn_l1", "gn", "ln")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -47,7 +47,7 @@ def one_error(err: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Iterator[Path]:
-    """A folder holding the outputs of all six stages (two epochs on synthetic data) and the four IDX files."""
+    """A folder holding the outputs of all seven stages (two epochs on synthetic data) and the four IDX files."""
     root = tmp_path_factory.mktemp("workspace")
     write_mnist(root / "mnist")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=2)))
@@ -55,7 +55,7 @@ def workspace(tmp_path_factory) -> Iterator[Path]:
         mp.chdir(root)
         mp.setenv("NORMCMP_DATA_DIR", str(root / "mnist"))
         for stage, *argv in [("download",), *[("train", v, "--no-progress") for v in VARIANTS],
-                             ("evaluate",), ("plot",)]:
+                             ("evaluate",), ("shift",), ("plot",)]:
             assert run(stage, *argv) == 0, stage
         yield root
 
@@ -81,6 +81,8 @@ INPUTS = [
     *((path, "evaluate", f"train_{v}") for v in VARIANTS for path in _live(v)),
     *((f"plots/curves/{name}.csv", "plot", "evaluate") for name in ("test_loss", "test_acc")),
     *((f"plots/misclassified/{v}.json", "plot", "evaluate") for v in VARIANTS),
+    ("models/gn.pt", "shift", "train_gn"),
+    ("plots/shift.csv", "plot", "shift"),
 ]
 DAMAGES = ["empty", "first byte", "ten bytes", "half", "last byte missing", "random bytes", "another file"]
 
@@ -197,9 +199,10 @@ def test_output_folders_are_replaced_whole_so_no_stale_file_stays(in_workspace, 
         stale.parent.mkdir(parents=True, exist_ok=True)
         stale.write_text("from a variant that is gone")
     assert run("evaluate", "--plots", str(plots), "--metrics", str(tmp_path / "metrics")) == 0
+    assert run("shift", "--plots", str(plots / "shift.csv"), "--metrics", str(tmp_path / "metrics" / "shift.json")) == 0
     assert run("plot", "--plots", str(plots), "--out", str(out)) == 0
     assert sorted(p.name for p in (plots / "confusion").iterdir()) == [f"{v}.csv" for v in VARIANTS]
     assert sorted(p.name for p in (plots / "misclassified").iterdir()) == [f"{v}.json" for v in VARIANTS]
     assert not (plots / "curves" / "x.csv").exists() and (plots / "curves" / "test_acc.csv").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["test_loss.png", "test_accuracy.png", *(f"misclassified_{v}.png" for v in VARIANTS)])
+        ["test_loss.png", "test_accuracy.png", "shift.png", *(f"misclassified_{v}.png" for v in VARIANTS)])

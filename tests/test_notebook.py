@@ -49,7 +49,7 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 5  # Graph 1, Graph 2 and one misclassified grid per model
+    assert len(images) >= 6  # Graph 1, Graph 2, one misclassified grid per model and the shift panels
 
     text = "\n".join(_texts(nb))
     assert "BatchNorm" in text and "4 means" in text and "8 means" in text  # the tiny-tensor demonstration
@@ -58,6 +58,7 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "| model | norm | final train accuracy (%) | final test accuracy (%) |" in text  # the final table
     for finding in ("best test accuracy", "least overfitting", "most overfitting"):
         assert finding in text
+    assert "contrast_unclipped" in text and "rotation" in text  # the shift table of src.shift.score_shifts
 
 
 def test_saved_notebook_shows_the_run_of_record() -> None:

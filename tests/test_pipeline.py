@@ -1,4 +1,4 @@
-"""End to end: `dvc repro` of all six stages in a temporary git repository."""
+"""End to end: `dvc repro` of all seven stages in a temporary git repository."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import ROOT, tiny_params, write_mnist
 
 BIN = Path(sys.executable).parent
-STAGES = ["download", "train_bn_l1", "train_gn", "train_ln", "evaluate", "plot"]
+STAGES = ["download", "train_bn_l1", "train_gn", "train_ln", "evaluate", "shift", "plot"]
 # A folder of the four real MNIST .gz files for the real-data tests (.ci/run sets it for CI).
 REAL_DATA = Path(os.environ["NORMCMP_REAL_DATA"]).absolute() if os.environ.get("NORMCMP_REAL_DATA") else None
 NO_REAL_DATA = "set NORMCMP_REAL_DATA to a folder holding the four MNIST IDX .gz files"
@@ -53,11 +53,11 @@ def changed_params(repo: Path, env: dict) -> dict[str, dict]:
             for change in changes if isinstance(change, dict) and "params.yaml" in change.get("changed deps", {})}
 
 
-EVERY_VARIANT = {"evaluate": {"variants": "modified"}, "plot": {"variants": "modified"}}
+EVERY_VARIANT = {stage: {"variants": "modified"} for stage in ("evaluate", "shift", "plot")}
 
 
 @pytest.mark.parametrize("key, value, stages", [
-    # evaluate and plot check and label every variant, so they read the whole `variants` section
+    # evaluate, shift and plot check and label every variant, so they read the whole `variants` section
     ("variants.gn.gn_groups", 2, {"train_gn": {"variants.gn": "modified"}, **EVERY_VARIANT}),
     ("variants.bn_l1.l1", 2e-4, {"train_bn_l1": {"variants.bn_l1": "modified"}, **EVERY_VARIANT}),
     ("train.lr", 0.1, {f"train_{v}": {"train": "modified"} for v in ("bn_l1", "gn", "ln")}),

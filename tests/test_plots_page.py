@@ -22,6 +22,7 @@ MODELS = ["BN + L1", "GN", "LN"]  # params.yaml's labels, in variant order
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c"]  # matplotlib's C0, C1, C2: the PNG figures' colours
 CURVES = ["Test loss per epoch", "Test accuracy per epoch", "Train accuracy per epoch (augmented batches)"]
 DIAGONAL_GREY = "#e6e6e6"  # .dvc/plots/mistakes.json: the correct cells, apart from the colour scale
+SHIFT = "Accuracy on shifted test images"
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
@@ -158,8 +159,31 @@ def test_plots_diff_spec_tells_model_and_revision_apart(project, tmp_path):
 
 def test_page_renders_offline_without_errors(page_report):
     assert_clean(page_report)
-    assert [c["title"] for c in page_report["charts"]] == [*CURVES, "Per-class test accuracy",
+    assert [c["title"] for c in page_report["charts"]] == [*CURVES, "Per-class test accuracy", SHIFT,
                                                            *(f"Confusion matrix, {m}" for m in MODELS)]
+
+
+def test_shift_spec_has_one_panel_per_kind_and_colours_by_model(shown):
+    from src.shift import KINDS
+
+    spec = shown[SHIFT]
+    assert spec["facet"]["field"] == "shift" and spec["resolve"]["scale"]["x"] == "independent"
+    assert {e["field"] for e in encodings(spec, "color")} == {"model"}
+    assert {e["field"] for e in encodings(spec, "strokeDash")} == {"rev"}
+    rows = spec["data"]["values"]
+    assert list(dict.fromkeys(r["shift"] for r in rows)) == [kind.title for kind in KINDS.values()]
+    assert list(dict.fromkeys(r["model"] for r in rows)) == MODELS
+
+
+def test_shift_chart_draws_a_line_per_model_in_every_panel(project, page_report):
+    from src.shift import KINDS
+
+    drawn = chart(page_report, SHIFT)
+    assert drawn["color_domain"] == MODELS and drawn["color_range"] == TAB10
+    assert sorted(drawn["line_strokes"]) == sorted(TAB10)
+    assert drawn["line_count"] == len(KINDS) * len(MODELS)  # one line per model in each panel
+    for colour in TAB10:
+        assert colour_pixels(Path(drawn["screenshot"]), colour) > 50, colour
 
 
 def test_test_accuracy_chart_draws_three_model_colours(page_report):
@@ -203,4 +227,4 @@ def test_screenshot_page_keeps_the_charts_and_drops_the_png_figures(browser, pro
     page = offline_page(tmp_path / "html" / "index.html")
     assert "file://" in page.read_text() and "cdn.jsdelivr.net" not in page.read_text()
     html = charts_only(page).read_text()
-    assert "<img" not in html and html.count("vegaEmbed(") == 7 and html.rstrip().endswith("</html>")
+    assert "<img" not in html and html.count("vegaEmbed(") == 8 and html.rstrip().endswith("</html>")

@@ -80,7 +80,8 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
             # metrics/<variant>.json of the evaluate stage; not its comparison, nor other pipelines' metrics (the
             # batch-size study's), which DVC gathers too.
             per_variant = {path.removeprefix("metrics/").removesuffix(".json"): f["data"] for path, f in files.items()
-                           if "data" in f and path.startswith("metrics/") and path != "metrics/comparison.json"}
+                           if "data" in f and path.startswith("metrics/")
+                           and path not in ("metrics/comparison.json", "metrics/shift.json")}
             seen = [(r["seed"], r["group"], r["metrics"]) for r in found]
             if per_variant and run.get("rev") != "workspace" and (seed, group, per_variant) not in seen:
                 found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "group": group,

@@ -52,6 +52,7 @@ async function describeCharts() {
       const svg = new DOMParser().parseFromString(await view.toSVG(), "image/svg+xml");
       const strokes = [...svg.querySelectorAll("g.mark-line.role-mark path")].map((p) => p.getAttribute("stroke"));
       chart.line_strokes = [...new Set(strokes.filter(Boolean))];
+      chart.line_count = strokes.length;
       chart.rect_fills = [...svg.querySelectorAll("g.mark-rect.role-mark path")].map((p) => p.getAttribute("fill"));
       chart.mark_texts = [...svg.querySelectorAll("g.mark-text.role-mark text")].map((t) => t.textContent);
       chart.legend_labels = [...svg.querySelectorAll("g.role-legend-label text")].map((t) => t.textContent);
