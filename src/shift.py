@@ -24,7 +24,7 @@ from torch import nn
 from src import cli, config
 from src.checkpoint import load_models
 from src.data import DATASET_FILE, load_data
-from src.engine import pick_device, predict
+from src.engine import pick_device, predict, score
 from src.files import write_csv, write_json
 
 app = cli.app(__doc__.split("\n")[0])
@@ -77,8 +77,7 @@ def shifted(images: torch.Tensor, kind: Kind, severity: float, noise: torch.Tens
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
              batch_size: int) -> float:
     """Test accuracy in % (pixel values in 0-255, uint8 or float)."""
-    pred = predict(model, images, mean, std, batch_size).argmax(1).cpu()
-    return (pred == labels.cpu()).sum().item() * 100.0 / len(labels)
+    return score(predict(model, images, mean, std, batch_size), labels)[1]
 
 
 def score_shifts(models: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor, mean: float,
