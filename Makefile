@@ -25,11 +25,12 @@ endif
 # The write-up's recipe (docs/yardstick.md) as overrides of params.yaml for `dvc exp run`.
 WRITEUP_RECIPE := -S model.arch=writeup -S train.batch_size=64 -S train.lr=0.015 -S train.pct_start=0.3 \
 	-S train.momentum=0.95 -S train.cycle_momentum=true -S train.nesterov=false -S train.brightness=0.4 \
-	-S train.contrast=0.4 -S train.label_smoothing=0.0 -S train.grad_clip=0.0 -S variants.bn_l1.l1_tensor_mean=true
+	-S train.contrast=0.4 -S train.label_smoothing=0.0 -S train.grad_clip=0.0 -S variants.bn_l1.l1_tensor_mean=true \
+	-S train.loader=torchvision
 # Seeds of `make seeds` (seed 1 is the committed run) and `make yardstick`.
 SEEDS ?= 2,3,4,5
 
-.PHONY: setup repro test lint bench seeds yardstick study clean
+.PHONY: setup repro test lint bench seeds yardstick study mutants clean
 
 setup: $(VENV)/.installed
 
@@ -53,22 +54,30 @@ bench: setup
 	$(BIN)/python -m benchmarks.throughput --precision exact --profile $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.throughput --precision fast --profile $(BENCH_ARGS)
 
-# One DVC experiment per seed of SEEDS, queued and run one after the other; then the table over the seeds.
+# One DVC experiment per seed of SEEDS, queued and run one after the other; then their rows merged into
+# results/seeds.csv (commit it) and the table of our recipe against the write-up's.
 seeds: setup
 	$(BIN)/dvc exp run --queue -S 'train.seed=$(SEEDS)'
 	$(BIN)/dvc exp run --run-all -j 1
-	$(BIN)/python -m tools.seed_table --by model.arch
+	$(BIN)/python -m tools.seed_table --save results/seeds.csv
 
 yardstick: SEEDS = 1,2,3,4,5
 yardstick: setup
 	$(BIN)/dvc exp run --queue $(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)'
 	$(BIN)/dvc exp run --run-all -j 1
-	$(BIN)/python -m tools.seed_table --by model.arch --better-than model.arch=writeup
+	$(BIN)/python -m tools.seed_table --save results/seeds.csv
 
 # The batch-size study (studies/batch_size/dvc.yaml; about 22 minutes on 2 CPU cores), then its figure's numbers.
 study: setup
 	$(BIN)/dvc repro studies/batch_size/dvc.yaml
 	$(BIN)/python -m tools.results --study
+
+# Mutation testing of the modules where a wrong number would pass unnoticed (pyproject.toml's [tool.mutmut]), against
+# their unit tests; not part of `make test`. Then the score and the surviving mutants (docs/mutation.md).
+mutants: setup
+	$(BIN)/mutmut run
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -m tools.mutation_score
 
 clean:
 	rm -rf $(VENV)

@@ -3,9 +3,10 @@
 For each variant of `params.yaml` this times, in one process and alternating
 round by round:
 
-* baseline: an MNIST dataset served by torchvision's own `MNIST.__getitem__`
-  (PIL image, then RandomRotation, ColorJitter, ToTensor, Normalize) through a
-  `DataLoader` with batch size 64 and default workers, feeding the same model,
+* baseline: the write-up's data path, `train.loader: torchvision` (src/loader.py:
+  torchvision's own `MNIST.__getitem__`, PIL image, RandomRotation, ColorJitter,
+  ToTensor, Normalize) through a `DataLoader` with batch size 64 and default
+  workers, feeding the same model,
   optimizer and schedule (`src.engine.make_optimizer`) and update
   (`src.engine.train_step`: loss, L1 penalty, clipping) as the pipeline, in float32;
 * the project: `src.engine.fit` itself, exactly as the train stages run it
@@ -53,9 +54,6 @@ from pathlib import Path
 import psutil
 import torch
 from torch.utils.data import DataLoader
-from torchvision import transforms
-from torchvision.datasets import MNIST
-from torchvision.datasets.vision import VisionDataset
 
 from src import config
 from src.data import DATASET_FILE, Data, load_data
@@ -71,6 +69,7 @@ from src.engine import (
     train_step,
 )
 from src.errors import ConfigError, UserError, debug_enabled
+from src.loader import torchvision_loader
 from src.model import ModelConfig
 from src.speed import Precision, plan
 
@@ -79,30 +78,7 @@ BASELINE = "baseline"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The baseline: torchvision's MNIST dataset class, PIL transforms, a DataLoader, a plain training loop.
-
-
-class InMemoryMNIST(MNIST):
-    """`torchvision.datasets.MNIST` over tensors already in memory instead of files under root/MNIST/raw.
-
-    Only the constructor differs: `__getitem__` and `__len__` are torchvision's own, so each item is
-    made exactly as there (`Image.fromarray(img.numpy(), mode="L")`, then the transform).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, train: bool = True) -> None:
-        VisionDataset.__init__(self, root=None, transform=transform)
-        self.train = train
-        self.data = images.reshape(-1, images.shape[-2], images.shape[-1]).cpu()  # (N, 28, 28) uint8
-        self.targets = labels.cpu()
-
-
-def baseline_transforms(cfg: TrainConfig, mean: float, std: float, train: bool = True) -> transforms.Compose:
-    """The usual PIL pipeline, with the project's augmentation strengths."""
-    steps = [
-        transforms.RandomRotation(cfg.rotation),
-        transforms.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
-    ] if train else []
-    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+# The baseline: the write-up's DataLoader + PIL path (src/loader.py) and a plain training loop.
 
 
 def _forever(loader: DataLoader) -> Iterator:
@@ -233,11 +209,9 @@ def _median(values: Sequence[float]) -> float:
 def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: Data, device: torch.device,
                   args: argparse.Namespace) -> dict[str, Runs]:
     """All rounds of one variant: the baseline and each mode, alternating, in a rotating order."""
-    train_set = InMemoryMNIST(data.train_images, data.train_labels, baseline_transforms(cfg, data.mean, data.std))
-    test_set = InMemoryMNIST(data.test_images[: args.eval_images], data.test_labels[: args.eval_images],
-                             baseline_transforms(cfg, data.mean, data.std, train=False), train=False)
-    train_loader = DataLoader(train_set, batch_size=args.baseline_batch_size, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=args.eval_batch_size)
+    train_loader = torchvision_loader(data.train_images, data.train_labels, cfg, batch_size=args.baseline_batch_size)
+    test_loader = torchvision_loader(data.test_images[: args.eval_images], data.test_labels[: args.eval_images], cfg,
+                                     train=False, batch_size=args.eval_batch_size)
 
     # fit over a subset of whole batches: one epoch = the timed steps (n_test only keeps its evaluation short).
     n_test = min(cfg.batch_size, len(data.test_images))

@@ -15,6 +15,7 @@ import torch
 from src.engine import TrainConfig
 from src.errors import UserError
 from src.files import Corrupt, atomic_path, input_error, read_input
+from src.loader import Loader
 from src.model import ModelConfig, Net
 
 
@@ -75,7 +76,7 @@ def file_md5(path: str | Path) -> str:
 def load_models(folder: Path, variants: Mapping, data: Path) -> tuple[dict[str, tuple[Net, dict]], int]:
     """Each variant's model from `folder` (`<variant>.pt`) and the validation split they were trained with; an error
     if a file holds another norm than params.yaml's variant, was trained on other data than `data`, or if the
-    models were trained on different splits."""
+    models were trained on different splits or loaders."""
     now = file_md5(data) if data.is_file() else None
     loaded = {}
     for v, spec in variants.items():
@@ -91,8 +92,14 @@ def load_models(folder: Path, variants: Mapping, data: Path) -> tuple[dict[str, 
                             hint=f"run `dvc repro` to retrain it on this data, or restore the data it was trained "
                                  f"on (`dvc checkout {data}`)")
         loaded[v] = model, ckpt
-    splits = {v: ckpt["train"].get("validation", 0) for v, (_, ckpt) in loaded.items()}
-    if len(set(splits.values())) > 1:
-        raise UserError(f"the models were trained on different validation splits {splits}",
-                        hint="run `dvc repro` to retrain them with the same train.validation")
-    return loaded, next(iter(splits.values()), 0)
+    for key, default, what in (("validation", 0, "validation splits"), ("loader", Loader.tensors.value, "loaders")):
+        values = {v: ckpt["train"].get(key, default) for v, (_, ckpt) in loaded.items()}
+        if len(set(values.values())) > 1:
+            raise UserError(f"the models were trained on different {what} {values}",
+                            hint=f"run `dvc repro` to retrain them with the same train.{key}")
+    return loaded, next((ckpt["train"].get("validation", 0) for _, ckpt in loaded.values()), 0)
+
+
+def trained_loader(ckpt: Mapping) -> Loader:
+    """The `train.loader` a model file was trained with (its input standardization: `loader.input_stats`)."""
+    return Loader(ckpt["train"].get("loader", Loader.tensors.value))

@@ -8,14 +8,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from src.augment import augment, normalize, standardize
+from src.augment import normalize
 from src.data import Data
 from src.errors import ConfigError, UserError
+from src.loader import Loader, input_stats, tensor_batches, torchvision_batches
 from src.model import ModelConfig, Net
 from src.speed import Precision, cap_cpu_kernels, plan
 
@@ -43,12 +45,15 @@ are the shipped recipe."""
     grad_clip: float = 1.0  # clip the gradients' global norm to this; 0 = off
     validation: int = 0  # hold out the last N training images and score them instead of the test set; 0 = off
     precision: Precision = Precision.exact  # exact: the same bits on every CPU; fast: see src/speed.py
+    loader: Loader = Loader.tensors  # where the batches come from: see src/loader.py
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "precision", Precision(self.precision))
-        except ValueError:
-            raise ConfigError(f"train.precision must be exact or fast (got {self.precision!r})") from None
+        for name, kind in (("precision", Precision), ("loader", Loader)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                allowed = " or ".join(m.value for m in kind)
+                raise ConfigError(f"train.{name} must be {allowed} (got {getattr(self, name)!r})") from None
         rules = {  # field: (valid?, what is allowed)
             "epochs": (self.epochs >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
@@ -218,40 +223,43 @@ def fit(
     """Train `model` for `cfg.epochs` epochs; return one dict of metrics per epoch.
 
     Data must already be on `device`. Each epoch visits the training set in a
-    fresh random order (the last partial batch is dropped) with fresh
-    augmentation, then scores the un-augmented test set, or with
-    `cfg.validation` the held-out end of the training set (`Data.holdout`).
+    fresh random order with fresh augmentation, its batches from `cfg.loader`
+    (src/loader.py: the tensor path drops the last partial batch, the write-up's
+    keeps it), then scores the un-augmented test set, or with `cfg.validation`
+    the held-out end of the training set (`Data.holdout`).
     """
     data = data.holdout(cfg.validation)
     n = len(data.train_images)
-    steps = n // cfg.batch_size
-    if steps == 0:
+    if n // cfg.batch_size == 0:
         raise ConfigError(f"train.batch_size = {cfg.batch_size} exceeds the {n} training images")
-    torch.manual_seed(cfg.seed)  # dropout
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation
+    torch.manual_seed(cfg.seed)  # dropout; on the torchvision path also the order and the augmentation
+    np.random.seed(cfg.seed)  # (the write-up's seeding)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation of the tensor path
+    mean, std = input_stats(cfg.loader, data)
     model.to(device)
     how = plan(cfg.precision, model.cfg.norm, device)  # layout and bf16: src/speed.py
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
     check_every = 10 if device.type == "cpu" else 50
     history = []
+    if cfg.loader == Loader.torchvision:
+        steps, batches = torchvision_batches(data, cfg, device, how.memory_format)
+    else:
+        steps, batches = tensor_batches(data, cfg, gen, how.memory_format)
     with how.applied(model):
         params = list(model.parameters())
         opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
             model.train()
-            order = torch.randperm(n, generator=gen, device=device)
             losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
             correct = torch.zeros((), dtype=torch.long, device=device)
-            bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+            seen = 0
+            bar = tqdm(batches(), total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                        disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
             checked = 0
             with how.training_steps(model):
-                for step in bar:
-                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
-                    x = standardize(x, data.mean, data.std).contiguous(memory_format=how.memory_format)
-                    y = data.train_labels[idx]
+                for step, (x, y) in enumerate(bar):
+                    seen += len(y)
                     with how.autocast(device):
                         logits = model(x)
                     loss = train_step(logits, y, params, opt, sched, cfg)
@@ -264,10 +272,10 @@ def fit(
                             bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
             bar.close()
             train_seconds = time.perf_counter() - start
-            test_loss, test_acc = score(predict(model, data.test_images, data.mean, data.std), data.test_labels)
+            test_loss, test_acc = score(predict(model, data.test_images, mean, std), data.test_labels)
             row = {
                 "epoch": epoch, "train_loss": losses.mean().item(),
-                "train_acc": correct.item() * 100.0 / (steps * cfg.batch_size),
+                "train_acc": correct.item() * 100.0 / seen,
                 "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],
                 "epoch_seconds": train_seconds, "eval_seconds": time.perf_counter() - start - train_seconds,
             }

@@ -16,10 +16,11 @@ import torch
 import typer
 
 from src import cli, config
-from src.checkpoint import load_models
+from src.checkpoint import load_models, trained_loader
 from src.data import DATASET_FILE, load_data
 from src.engine import pick_device, predict, score, split_name
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
+from src.loader import Loader, input_stats
 
 app = cli.app(__doc__.split("\n")[0])
 CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr")
@@ -62,9 +63,11 @@ def _parse_summary(path: Path) -> dict:
     return summary
 
 
-def score_model(model, data, batch_size: int = 2000) -> dict:
-    """Scores of a trained model on the clean training and test sets, with its test predictions (on the CPU)."""
-    run = lambda images: predict(model, images, data.mean, data.std, batch_size)  # noqa: E731
+def score_model(model, data, batch_size: int = 2000, loader: Loader = Loader.tensors) -> dict:
+    """Scores of a trained model on the clean training and test sets, with its test predictions (on the CPU);
+    `loader` is the one it was trained with, which decides how its input is standardized."""
+    mean, std = input_stats(loader, data)
+    run = lambda images: predict(model, images, mean, std, batch_size)  # noqa: E731
     train_loss, train_acc = score(run(data.train_images), data.train_labels)
     logits = run(data.test_images)
     test_loss, test_acc = score(logits, data.test_labels)
@@ -137,7 +140,7 @@ def main(
     summary, per_class, preds, confusion, wrong = {}, {}, [], {}, {}
     for v, spec in variants.items():
         model, ckpt = loaded[v]
-        r = score_model(model.to(dev), dataset, batch_size)
+        r = score_model(model.to(dev), dataset, batch_size, trained_loader(ckpt))
         test_acc = histories[v]["test/acc"]
         peak = max(range(len(test_acc)), key=test_acc.__getitem__)
         summary[v] = _rounded({

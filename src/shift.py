@@ -22,10 +22,11 @@ import typer
 from torch import nn
 
 from src import cli, config
-from src.checkpoint import load_models
+from src.checkpoint import load_models, trained_loader
 from src.data import DATASET_FILE, load_data
 from src.engine import pick_device, predict, score
 from src.files import write_csv, write_json
+from src.loader import input_stats
 
 app = cli.app(__doc__.split("\n")[0])
 Transform = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]  # (images, severity, noise) -> images
@@ -120,7 +121,8 @@ def main(
     dataset = full.holdout(validation).to(dev)
     start = time.perf_counter()
     nets = {variants[v].label: model.to(dev) for v, (model, _) in loaded.items()}
-    rows = score_shifts(nets, dataset.test_images, dataset.test_labels, dataset.mean, dataset.std,
+    mean, std = input_stats(trained_loader(next(iter(loaded.values()))[1]), dataset)  # the same for all: load_models
+    rows = score_shifts(nets, dataset.test_images, dataset.test_labels, mean, std,
                         settings.severities(), settings.seed, batch_size)
     by_model: dict[str, dict] = {}
     for v, spec in variants.items():

@@ -61,12 +61,12 @@ def test_a_file_holding_code_is_not_loaded_and_says_so(tmp_path):
                                 "loaded; the train_gn stage makes it")
 
 
-def _models(folder, data, validation=(0, 0), md5s=None):
-    """Two saved GN models in `folder` as `a.pt` and `b.pt`, with the given splits and dataset md5s."""
+def _models(folder, data, validation=(0, 0), md5s=None, loaders=("tensors", "tensors")):
+    """Two saved GN models in `folder` as `a.pt` and `b.pt`, with the given splits, dataset md5s and loaders."""
     md5s = md5s or [file_md5(data)] * 2
-    for name, split, md5 in zip("ab", validation, md5s):
+    for name, split, md5, loader in zip("ab", validation, md5s, loaders):
         model = make_model(ModelConfig(norm="gn"), seed=1)
-        save_checkpoint(folder / f"{name}.pt", model, TrainConfig(validation=split), data_md5=md5)
+        save_checkpoint(folder / f"{name}.pt", model, TrainConfig(validation=split, loader=loader), data_md5=md5)
     return {name: Variant(label=name, norm="gn") for name in "ab"}
 
 
@@ -77,6 +77,9 @@ def test_models_load_with_their_split_when_they_agree_on_it_and_on_the_data(tmp_
     assert file_md5(dataset_file) == hashlib.md5(dataset_file.read_bytes()).hexdigest()
     _models(tmp_path, dataset_file, validation=(100, 0))
     with pytest.raises(UserError, match=r"trained on different validation splits \{'a': 100, 'b': 0\}"):
+        load_models(tmp_path, variants, dataset_file)
+    _models(tmp_path, dataset_file, loaders=("tensors", "torchvision"))  # scored with different input statistics
+    with pytest.raises(UserError, match=r"trained on different loaders \{'a': 'tensors', 'b': 'torchvision'\}"):
         load_models(tmp_path, variants, dataset_file)
 
 

@@ -90,3 +90,59 @@ def test_better_than_tests_each_variant_one_sided():
     assert "-0.050" in gn and gn.endswith("| no |")
     p_gn = float(gn.split("|")[5])
     assert 0.5 < p_gn < 1  # lower mean: a one-sided p above one half
+
+
+WRITEUP = {"model.arch": "writeup", "train.batch_size": 64, "train.loader": "torchvision"}
+SHIPPED = {"model": {"arch": "default"}, "train": {"seed": 1, "batch_size": 128, "loader": "tensors",
+                                                   "precision": "exact", "validation": 0}}
+
+
+def _params(seed: int, **changes) -> dict:
+    params = {"model": dict(SHIPPED["model"]), "train": {**SHIPPED["train"], "seed": seed}}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    return params
+
+
+def test_a_run_is_ours_or_the_writeups_only_with_exactly_their_settings():
+    from tools.seed_table import recipe
+
+    writeup = _params(3, model__arch="writeup", train__batch_size=64, train__loader="torchvision")
+    assert recipe(_params(1), SHIPPED, WRITEUP) == "ours"
+    assert recipe(_params(4), SHIPPED, WRITEUP) == "ours"  # the seed is free
+    assert recipe(writeup, SHIPPED, WRITEUP) == "writeup"
+    assert recipe(_params(2, train__validation=10000), SHIPPED, WRITEUP) is None  # a tuning run
+    assert recipe({**writeup, "train": {**writeup["train"], "lr": 0.1}}, SHIPPED, WRITEUP) is None  # one more change
+    assert recipe(_params(2, train__loader="torchvision"), SHIPPED, WRITEUP) is None  # part of the recipe only
+
+
+def test_the_seed_file_round_trips_merges_and_gives_the_test_computed_by_hand(tmp_path):
+    from scipy.stats import t as student
+
+    from tools.seed_table import read_seeds, save_seeds, seed_report, seed_rows
+
+    ours, theirs = [99.50, 99.52, 99.54], [99.40, 99.42, 99.41]
+    found = [{"seed": s, "commit": "c" * 40, "shipped": SHIPPED, "metrics": {"bn": {"test_acc": a, "train_acc": 99.9}},
+              "params": _params(s) if recipe == "ours" else
+              _params(s, model__arch="writeup", train__batch_size=64, train__loader="torchvision")}
+             for recipe, accs in (("ours", ours), ("writeup", theirs)) for s, a in zip((1, 2, 3), accs)]
+    found.append({**found[0], "params": _params(9, train__validation=100)})  # not a run of either recipe
+    path = tmp_path / "results" / "seeds.csv"
+    rows = save_seeds(seed_rows(found, WRITEUP), path)
+    assert path.read_text().splitlines()[:2] == [
+        "recipe,variant,seed,test_acc,train_acc,precision,commit", f"ours,bn,1,99.5,99.9,exact,{'c' * 40}"]
+    assert read_seeds(path) == rows and len(rows) == 6
+    rerun = {**found[1], "metrics": {"bn": {"test_acc": 99.56, "train_acc": 99.9}}}  # seed 2 again
+    rows = save_seeds(seed_rows([rerun], WRITEUP), path)
+    assert len(rows) == 6 and [r["test_acc"] for r in rows if r["recipe"] == "ours"] == [99.50, 99.56, 99.54]
+
+    ours[1] = 99.56
+    va, vb = (sum((x - sum(v) / 3) ** 2 for x in v) / 2 / 3 for v in (ours, theirs))  # variance of each mean
+    welch = (sum(ours) / 3 - sum(theirs) / 3) / (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    report = seed_report(rows)
+    line = next(x for x in report.splitlines() if x.startswith("| bn | ours |"))
+    assert line == (f"| bn | ours | 1,2,3 | 99.50 99.56 99.54 | 99.53 ± 0.03 | "
+                    f"+0.12, p = {student.sf(welch, df):.3f}: yes |")
+    assert "|  | writeup | 1,2,3 | 99.40 99.42 99.41 | 99.41 ± 0.01 |  |" in report

@@ -34,6 +34,7 @@ def test_the_yardstick_runs_as_an_experiment_and_gets_its_own_table(tmp_path):
         assert (train["batch_size"], train["lr"], train["pct_start"], train["momentum"]) == (64, 0.015, 0.3, 0.95)
         assert train["cycle_momentum"] and not train["nesterov"]
         assert train["l1_tensor_mean"] == (variant == "bn_l1")  # the L1 term: BN + L1's alone
+        assert train["loader"] == "torchvision" and train["precision"] == "exact"  # the write-up's data path, in fp32
         assert (train["brightness"], train["contrast"], train["label_smoothing"], train["grad_clip"]) == (
             0.4, 0.4, 0.0, 0.0)
 

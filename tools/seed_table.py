@@ -28,15 +28,22 @@ table's mean is the higher.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
+import shlex
 import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from enum import Enum
+from pathlib import Path
+
+import yaml
 
 from src.config import get_key
+from src.files import write_csv
 
 METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap")
 
@@ -85,7 +92,9 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
             seen = [(r["seed"], r["group"], r["metrics"]) for r in found]
             if per_variant and run.get("rev") != "workspace" and (seed, group, per_variant) not in seen:
                 found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "group": group,
-                              "metrics": per_variant})
+                              "metrics": per_variant, "params": params, "commit": baseline.get("rev"),
+                              "shipped": (baseline.get("data") or {}).get("params", {}).get("params.yaml", {})
+                              .get("data", {})})
     return found
 
 
@@ -129,6 +138,107 @@ def versus(found: list[dict], ours: tuple, theirs: tuple, metric: str = "test_ac
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# results/seeds.csv: one row per run and variant of the two recipes, committed, so that the README's tables and test
+# can be recomputed from a fresh clone (experiments live in one clone only).
+
+SEEDS_FILE = Path("results/seeds.csv")
+COLUMNS = ("recipe", "variant", "seed", "test_acc", "train_acc", "precision", "commit")
+RECIPES = ("ours", "writeup")
+
+
+def writeup_overrides(makefile: Path = Path("Makefile")) -> dict[str, object]:
+    """The write-up's recipe as the Makefile's WRITEUP_RECIPE gives it to `dvc exp run`: {key: value}."""
+    text = makefile.read_text().replace("\\\n", " ")
+    line = re.search(r"^WRITEUP_RECIPE := (.*)$", text, re.M)
+    if not line:
+        sys.exit(f"error: {makefile} has no WRITEUP_RECIPE line")
+    pairs = (arg.partition("=") for arg in shlex.split(line.group(1)) if arg != "-S")
+    return {key: yaml.safe_load(value) for key, _, value in pairs}
+
+
+def _flat(params: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe(params: dict, shipped: dict, writeup: dict[str, object]) -> str | None:
+    """`ours` if a run's params are the commit's shipped ones but for `train.seed`; `writeup` if they are those
+    plus exactly the write-up's overrides; None for any other run (a sweep, a validation split, another dataset)."""
+    run, base = _flat(params), _flat(shipped)
+    changed = {k: run.get(k) for k in run.keys() | base.keys() if run.get(k) != base.get(k) and k != "train.seed"}
+    if not changed:
+        return "ours"
+    expected = {k: v for k, v in writeup.items() if base.get(k) != v}
+    return "writeup" if changed == expected else None
+
+
+def seed_rows(found: list[dict], writeup: dict[str, object]) -> list[dict]:
+    """The rows of results/seeds.csv for the runs of the two recipes among `found` (`runs`' output)."""
+    rows = []
+    for run in found:
+        which = recipe(run["params"], run["shipped"], writeup)
+        if which is None:
+            continue
+        for variant, m in run["metrics"].items():
+            rows.append({"recipe": which, "variant": variant, "seed": run["seed"], "test_acc": m["test_acc"],
+                         "train_acc": m["train_acc"], "precision": get_key(run["params"], "train.precision"),
+                         "commit": run["commit"]})
+    return rows
+
+
+def read_seeds(path: Path = SEEDS_FILE) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(rows[0]) != set(COLUMNS):
+        sys.exit(f"error: {path} has the columns {', '.join(rows[0])}; expected {', '.join(COLUMNS)}")
+    return [{**r, "seed": int(r["seed"]), "test_acc": float(r["test_acc"]), "train_acc": float(r["train_acc"])}
+            for r in rows]
+
+
+def save_seeds(rows: list[dict], path: Path = SEEDS_FILE) -> list[dict]:
+    """Merge `rows` into the file: a run of the same recipe, variant, seed and precision replaces the old row."""
+    key = lambda r: (r["recipe"], r["variant"], r["precision"], r["seed"])  # noqa: E731
+    merged = {key(r): r for r in [*read_seeds(path), *rows]}
+    ordered = [merged[k] for k in sorted(merged, key=lambda k: (RECIPES.index(k[0]), *k[1:]))]
+    write_csv(path, list(COLUMNS), [[r[c] for c in COLUMNS] for r in ordered])
+    return ordered
+
+
+def seed_report(rows: list[dict], precision: str = "exact") -> str:
+    """Per variant: each recipe's seeds, mean ± std, and the one-sided Welch t-test that ours is the higher."""
+    from scipy.stats import ttest_ind
+
+    rows = [r for r in rows if r["precision"] == precision]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = [f"final-epoch test accuracy (%), train.precision={precision}, from {SEEDS_FILE}", "",
+             "| variant | recipe | seeds | test accuracy per seed | mean ± std | ours higher? (one-sided Welch) |",
+             "|---" * 6 + "|"]
+    for v in variants:
+        acc = {r: sorted((x["seed"], x["test_acc"]) for x in rows if x["variant"] == v and x["recipe"] == r)
+               for r in RECIPES}
+        ours, theirs = ([a for _, a in acc[r]] for r in RECIPES)
+        test = ""
+        if len(ours) > 1 and len(theirs) > 1:
+            p = float(ttest_ind(ours, theirs, equal_var=False, alternative="greater").pvalue)
+            test = f"{statistics.mean(ours) - statistics.mean(theirs):+.2f}, p = {p:.3f}: {'yes' if p < 0.05 else 'no'}"
+        for r in RECIPES:
+            if acc[r]:
+                values = [a for _, a in acc[r]]
+                spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+                lines.append(f"| {v if r == 'ours' or not ours else ''} | {r} | {','.join(str(s) for s, _ in acc[r])} "
+                             f"| {' '.join(f'{a:.2f}' for a in values)} | {statistics.mean(values):.2f}{spread} "
+                             f"| {test if r == 'ours' else ''} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="Other arguments go to `dvc exp show` (e.g. --rev <commit>, -n 3).")
@@ -136,7 +246,18 @@ def main() -> None:
                         help="a params.yaml key (e.g. train.lr) whose values get a table each; repeatable")
     parser.add_argument("--better-than", metavar="KEY=VALUE",
                         help="test every other table against the one of this --by value (e.g. model.arch=writeup)")
+    parser.add_argument("--save", type=Path, metavar="CSV",
+                        help=f"merge the runs of our recipe and the write-up's into this file (e.g. {SEEDS_FILE}), "
+                             "then print its table")
+    parser.add_argument("--from", dest="source", type=Path, metavar="CSV",
+                        help=f"print the table of this file (e.g. {SEEDS_FILE}) without reading any experiment")
     args, exp_show_args = parser.parse_known_args()
+    if args.source:
+        rows = read_seeds(args.source)
+        if not rows:
+            sys.exit(f"error: {args.source} not found or empty; `make seeds` and `make yardstick` write it")
+        print(seed_report(rows))
+        return
     if args.better_than and args.better_than.partition("=")[0] not in args.by:
         parser.error(f"--better-than {args.better_than} needs --by {args.better_than.partition('=')[0]}")
     # The dvc of this interpreter, so that it runs without the virtual environment on PATH.
@@ -147,6 +268,10 @@ def main() -> None:
     found = runs(json.loads(out.stdout), args.by)
     if not found:
         sys.exit("error: no committed run or experiment with metrics; run `dvc exp run -S train.seed=N` first")
+    if args.save:
+        rows = save_seeds(seed_rows(found, writeup_overrides()), args.save)
+        print(seed_report(rows))
+        return
     groups = dict.fromkeys(r["group"] for r in found)
     print("\n\n".join(table([r for r in found if r["group"] == g]) for g in groups))
     if args.better_than:
