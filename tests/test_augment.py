@@ -71,3 +71,40 @@ def test_brightness_scales_each_image_by_its_own_draw_from_the_range():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     means = out.mean(dim=(1, 2, 3))
     assert means.min() < 100 / 255 * 0.85 and means.max() > 100 / 255 * 1.15  # the batch spreads over the range
+
+
+def test_brightness_alone_clips_at_white():
+    """ColorJitter clips a brightened image at 1, also when no contrast jitter follows to clip it."""
+    white = torch.full((64, 1, 28, 28), 200, dtype=torch.uint8)
+    out = augment(white, torch.Generator().manual_seed(5), rotation=0, brightness=0.5, contrast=0)
+    draws = torch.rand(64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    expected = (200 / 255 * (1 + 0.5 * draws)).clamp(0, 1).view(64, 1, 1, 1).expand_as(out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert (out == 1).any()
+
+
+def test_contrast_blends_each_image_with_its_mean_grey_by_its_own_draw():
+    """Contrast c alone: image i becomes (x - m_i)(1 + u_i) + m_i, clipped to [0, 1], with m_i its mean and u_i the
+    generator's i-th draw from U(-c, c) (the first draws: brightness is off)."""
+    x = torch.full((64, 1, 28, 28), 10, dtype=torch.uint8)
+    x[:, :, :, 14:] = 245  # two levels, far enough apart that a factor above 1 clips them
+    x[:, :, :4, :] = torch.arange(64, dtype=torch.uint8).view(64, 1, 1, 1)  # each image its own mean
+    out = augment(x, torch.Generator().manual_seed(7), rotation=0, brightness=0, contrast=0.5)
+    draws = torch.rand(64, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    pixels = x.float() / 255
+    grey = pixels.mean(dim=(1, 2, 3), keepdim=True)
+    expected = ((pixels - grey) * (1 + 0.5 * draws).view(64, 1, 1, 1) + grey).clamp(0, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert (out == 0).any() and (out == 1).any() and (out != out[:1]).any()
+
+
+def test_the_rotation_is_torchvisions_bilinear_rotation_by_each_images_draw():
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    x = _batch(8)
+    out = augment(x, torch.Generator().manual_seed(3), rotation=30, brightness=0, contrast=0)
+    angles = (torch.rand(8, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 30  # degrees, counter-clockwise
+    expected = torch.stack([TF.rotate(x[i].float() / 255, float(angles[i]), interpolation=InterpolationMode.BILINEAR)
+                            for i in range(8)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
