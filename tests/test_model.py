@@ -193,3 +193,26 @@ def test_the_fast_max_pool_leaves_channels_last_and_small_inputs_to_the_built_in
     grad = torch.randn(*size[:2], 4, 4)
     for a, b in zip(_pool_with_grad(MaxPool2x2(), x, grad), _pool_with_grad(torch.nn.MaxPool2d(2), x, grad)):
         assert torch.equal(a, b)
+
+
+def test_a_standardized_convolution_uses_each_filter_at_zero_mean_and_unit_population_variance():
+    torch.manual_seed(0)
+    conv = StdConv2d(3, 4, 3, bias=False)
+    x = torch.randn(2, 3, 8, 8)
+    w = conv.weight.detach()
+    mean = w.mean(dim=(1, 2, 3), keepdim=True)
+    var = ((w - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)  # population variance: divided by 27, not 26
+    by_hand = torch.nn.functional.conv2d(x, (w - mean) / torch.sqrt(var + 1e-5))
+    torch.testing.assert_close(conv(x), by_hand, rtol=1e-5, atol=1e-5)  # eps or a 26 moves it by 4e-4 or 2%
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_the_writeup_network_pools_24_to_12_and_ends_on_6x6(norm):
+    net = Net(ModelConfig(arch="writeup", norm=norm)).eval()
+    shapes = []
+    for layer in net.features:
+        if isinstance(layer, torch.nn.MaxPool2d):
+            layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    net.features.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert shapes == [(2, 8, 12, 12), (2, 16, 6, 6)]
