@@ -74,7 +74,7 @@ study: setup
 
 # Mutation testing (docs/mutation.md): a module where a wrong number would pass unnoticed, mutated one change at a
 # time (not its strings: messages and docstrings), against the unit tests that exercise it; then the score and the
-# surviving mutants. Not part of `make test`. the two take 19 minutes on 2 CPU cores; add others with
+# surviving mutants. Not part of `make test`; the two take 19 minutes on 2 CPU cores; add others with
 # MUTANTS='src/data.py=tests/test_data.py src/engine.py=tests/test_engine.py' (several minutes per 100 mutants).
 MUTANTS ?= src/augment.py=tests/test_augment.py src/model.py='tests/test_model.py tests/test_engine.py'
 mutants: setup
