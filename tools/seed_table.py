@@ -28,7 +28,6 @@ table's mean is the higher.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import shlex
@@ -43,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from src.config import get_key
-from src.files import write_csv
+from src.files import Corrupt, read_table, write_csv
 
 METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap")
 
@@ -195,9 +194,11 @@ def seed_rows(found: list[dict], writeup: dict[str, object]) -> list[dict]:
 def read_seeds(path: Path = SEEDS_FILE) -> list[dict]:
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and set(rows[0]) != set(COLUMNS):
+    try:
+        rows = read_table(path)
+    except Corrupt as e:
+        sys.exit(f"error: {path} is damaged: {e}; restore it with `git checkout {path}`")
+    if set(rows[0]) != set(COLUMNS):
         sys.exit(f"error: {path} has the columns {', '.join(rows[0])}; expected {', '.join(COLUMNS)}")
     return [{**r, "seed": int(r["seed"]), "test_acc": float(r["test_acc"]), "train_acc": float(r["train_acc"])}
             for r in rows]
