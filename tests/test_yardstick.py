@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 
@@ -12,12 +11,7 @@ import torch
 
 from tests.conftest import ROOT, tiny_params, write_mnist
 from tests.test_pipeline import make_repo, sh
-
-
-def writeup_recipe() -> list[str]:
-    """The Makefile's WRITEUP_RECIPE: the `-S key=value` overrides that `make yardstick` queues."""
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    return shlex.split(re.search(r"^WRITEUP_RECIPE := (.*)$", text, re.M).group(1))
+from tools.seed_table import writeup_arguments
 
 
 def test_the_yardstick_runs_as_an_experiment_and_gets_its_own_table(tmp_path):
@@ -25,7 +19,7 @@ def test_the_yardstick_runs_as_an_experiment_and_gets_its_own_table(tmp_path):
     sh("dvc", "repro", cwd=repo, env=env)
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "our recipe", cwd=repo, env=env)
-    sh("dvc", "exp", "run", "-n", "yardstick", *writeup_recipe(), cwd=repo, env=env)
+    sh("dvc", "exp", "run", "-n", "yardstick", *writeup_arguments(ROOT / "Makefile"), cwd=repo, env=env)
 
     for variant in ("bn_l1", "gn", "ln"):
         ckpt = torch.load(repo / "models" / f"{variant}.pt", weights_only=True)

@@ -146,13 +146,18 @@ COLUMNS = ("recipe", "variant", "seed", "test_acc", "train_acc", "precision", "c
 RECIPES = ("ours", "writeup")
 
 
-def writeup_overrides(makefile: Path = Path("Makefile")) -> dict[str, object]:
-    """The write-up's recipe as the Makefile's WRITEUP_RECIPE gives it to `dvc exp run`: {key: value}."""
+def writeup_arguments(makefile: Path = Path("Makefile")) -> list[str]:
+    """The Makefile's WRITEUP_RECIPE as `make yardstick` gives it to `dvc exp run`: ["-S", "key=value", ...]."""
     text = makefile.read_text().replace("\\\n", " ")
     line = re.search(r"^WRITEUP_RECIPE := (.*)$", text, re.M)
     if not line:
         sys.exit(f"error: {makefile} has no WRITEUP_RECIPE line")
-    pairs = (arg.partition("=") for arg in shlex.split(line.group(1)) if arg != "-S")
+    return shlex.split(line.group(1))
+
+
+def writeup_overrides(makefile: Path = Path("Makefile")) -> dict[str, object]:
+    """The write-up's recipe as {key: value}, from the Makefile's WRITEUP_RECIPE."""
+    pairs = (arg.partition("=") for arg in writeup_arguments(makefile) if arg != "-S")
     return {key: yaml.safe_load(value) for key, _, value in pairs}
 
 
