@@ -18,6 +18,7 @@ from tools.seed_table import read_seeds
 LABELS = {"BN + L1": "bn_l1", "GN": "gn", "LN": "ln"}
 README = (ROOT / "README.md").read_text()
 RESULTS = (ROOT / "docs" / "results.md").read_text()
+YARDSTICK = (ROOT / "docs" / "yardstick.md").read_text()
 
 
 def metrics(variant: str) -> dict:
@@ -102,16 +103,27 @@ def mean_std(values) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def seed_cells(runs: dict[int, float]) -> list[str]:
+    """A row of docs/results.md's seed table: seeds 1-5 (— where not run), then mean ± std (— under two runs)."""
+    return [f"{runs[s]:.2f}" if s in runs else "—" for s in range(1, 6)] + [
+        mean_std(runs.values()) if len(runs) >= 2 else "—"]
+
+
 @pytest.mark.parametrize("label", list(LABELS))
 def test_the_seed_tables_are_results_seeds_csv(label):
     ours = seeds_csv(LABELS[label], "ours")
     assert sorted(ours) == [1, 2, 3, 4, 5]
     assert ours[1] == metrics(LABELS[label])["test_acc"]  # seed 1 of the shipped settings is the run of record
     rows = {(row[0], row[1]): row[2:] for row in table_rows(RESULTS, "| variant | recipe | seed 1 |")}
-    assert rows[label, "ours"] == [f"{ours[s]:.2f}" for s in range(1, 6)] + [mean_std(ours.values())]
+    assert rows[label, "ours"] == seed_cells(ours)
     readme = {row[0]: row[1:] for row in table_rows(README, "| variant | this pipeline, 5 seeds |")}
     assert readme[label][0] == mean_std(ours.values())
     writeup = seeds_csv(LABELS[label], "writeup")
+    assert rows.get((label, "writeup")) == (seed_cells(writeup) if writeup else None)
+    yardstick = {row[0]: row[1:] for row in table_rows(YARDSTICK, "| variant | ours, seeds 1–5 |")}
+    assert yardstick[label][0] == mean_std(ours.values())
+    assert yardstick[label][1] == (mean_std(writeup.values()) if len(writeup) >= 2 else
+                                   f"seed 1: {writeup[1]:.2f}" if writeup else "not run yet")
     if len(writeup) >= 2:  # the test that the README may claim only from two runs a side
         p = ttest_ind(list(ours.values()), list(writeup.values()), equal_var=False, alternative="greater").pvalue
         diff = statistics.mean(ours.values()) - statistics.mean(writeup.values())
