@@ -29,6 +29,8 @@ WRITEUP_RECIPE := -S model.arch=writeup -S train.batch_size=64 -S train.lr=0.015
 	-S train.loader=torchvision
 # Seeds of `make seeds` (seed 1 is the committed run) and `make yardstick`.
 SEEDS ?= 2,3,4,5
+# The commit their experiments branch from, read at start: the table finds them there even if HEAD moves meanwhile.
+BASELINE := $(shell git rev-parse HEAD 2>/dev/null)
 
 .PHONY: setup repro test lint bench seeds yardstick study mutants clean
 
@@ -59,13 +61,13 @@ bench: setup
 seeds: setup
 	$(BIN)/dvc exp run --queue -S 'train.seed=$(SEEDS)'
 	$(BIN)/dvc exp run --run-all -j 1
-	$(BIN)/python -m tools.seed_table --save results/seeds.csv
+	$(BIN)/python -m tools.seed_table --save results/seeds.csv --rev $(BASELINE)
 
 yardstick: SEEDS = 1,2,3,4,5
 yardstick: setup
 	$(BIN)/dvc exp run --queue $(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)'
 	$(BIN)/dvc exp run --run-all -j 1
-	$(BIN)/python -m tools.seed_table --save results/seeds.csv
+	$(BIN)/python -m tools.seed_table --save results/seeds.csv --rev $(BASELINE)
 
 # The batch-size study (studies/batch_size/dvc.yaml; about 22 minutes on 2 CPU cores), then its figure's numbers.
 study: setup

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from src.augment import normalize
 from src.data import Data
 from src.errors import ConfigError, UserError
-from src.loader import Loader, input_stats, tensor_batches, torchvision_batches
+from src.loader import Loader, batches, input_stats
 from src.model import ModelConfig, Net
 from src.speed import Precision, cap_cpu_kernels, plan
 
@@ -234,17 +234,13 @@ def fit(
         raise ConfigError(f"train.batch_size = {cfg.batch_size} exceeds the {n} training images")
     torch.manual_seed(cfg.seed)  # dropout; on the torchvision path also the order and the augmentation
     np.random.seed(cfg.seed)  # (the write-up's seeding)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # order and augmentation of the tensor path
     mean, std = input_stats(cfg.loader, data)
     model.to(device)
     how = plan(cfg.precision, model.cfg.norm, device)  # layout and bf16: src/speed.py
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
     check_every = 10 if device.type == "cpu" else 50
     history = []
-    if cfg.loader == Loader.torchvision:
-        steps, batches = torchvision_batches(data, cfg, device, how.memory_format)
-    else:
-        steps, batches = tensor_batches(data, cfg, gen, how.memory_format)
+    steps, epoch_batches = batches(data, cfg, device, how.memory_format)
     with how.applied(model):
         params = list(model.parameters())
         opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
@@ -254,7 +250,7 @@ def fit(
             losses = torch.empty(steps, device=device)  # per-step loss, read back in chunks
             correct = torch.zeros((), dtype=torch.long, device=device)
             seen = 0
-            bar = tqdm(batches(), total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+            bar = tqdm(epoch_batches(), total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                        disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
             checked = 0
             with how.training_steps(model):

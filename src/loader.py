@@ -45,12 +45,20 @@ def input_stats(loader: Loader | str, data: Data) -> tuple[float, float]:
     return data.mean, data.std
 
 
+def batches(data: Data, cfg, device: torch.device, memory_format: torch.memory_format) -> tuple[int, Batches]:
+    """Steps per epoch and the epochs of `cfg.loader`'s path, on `device` in `memory_format`: the tensor path
+    draws from its own generator seeded with `cfg.seed`, the write-up's from torch's global one."""
+    if Loader(cfg.loader) == Loader.torchvision:
+        return torchvision_batches(data, cfg, device, memory_format)
+    return tensor_batches(data, cfg, torch.Generator(device=device).manual_seed(cfg.seed), memory_format)
+
+
 def tensor_batches(data: Data, cfg, gen: torch.Generator, memory_format: torch.memory_format) -> tuple[int, Batches]:
     """Steps per epoch and the epochs of the tensor path: a fresh order from `gen` each epoch, the last partial
     batch dropped, each batch augmented with draws from `gen`."""
     n = len(data.train_images)
     steps = n // cfg.batch_size
-    mean, std = input_stats(Loader.tensors, data)
+    mean, std = data.mean, data.std
 
     def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n, generator=gen, device=data.train_images.device)
