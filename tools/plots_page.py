@@ -43,8 +43,10 @@ def local_script(package: str, version: str) -> Path:
 
 
 def offline_page(page: Path) -> Path:
-    """Rewrite the page's CDN script links to the local npm copies, in place; the page."""
-    html, count = CDN_SCRIPT.subn(lambda m: f'src="{local_script(*m.groups()).as_uri()}"', page.read_text())
+    """Rewrite the page's CDN script links to the local npm copies, in place; the page. The CDN serves the
+    scripts as UTF-8; a file has no such header, so the tag says it (else Vega's "−" in tick labels garbles)."""
+    html, count = CDN_SCRIPT.subn(lambda m: f'charset="utf-8" src="{local_script(*m.groups()).as_uri()}"',
+                                  page.read_text())
     if count != 3:  # vega, vega-lite, vega-embed: DVC's page changed if not
         raise RuntimeError(f"expected 3 CDN script links in {page}, found {count}")
     page.write_text(html)
