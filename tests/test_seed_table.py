@@ -134,8 +134,10 @@ def test_the_seed_file_round_trips_merges_and_gives_the_test_computed_by_hand(tm
         "recipe,variant,seed,test_acc,train_acc,precision,commit", f"ours,bn,1,99.5,99.9,exact,{'c' * 40}"]
     assert read_seeds(path) == rows and len(rows) == 6
     rerun = {**found[1], "metrics": {"bn": {"test_acc": 99.56, "train_acc": 99.9}}}  # seed 2 again
-    rows = save_seeds(seed_rows([rerun], WRITEUP), path)
+    later = {**found[0], "commit": "d" * 40}  # seed 1 read again at a later commit: the same run, its row kept
+    rows = save_seeds(seed_rows([rerun, later], WRITEUP), path)
     assert len(rows) == 6 and [r["test_acc"] for r in rows if r["recipe"] == "ours"] == [99.50, 99.56, 99.54]
+    assert [r["commit"] for r in rows if r["recipe"] == "ours"] == ["c" * 40] * 3
 
     ours[1] = 99.56
     va, vb = (sum((x - sum(v) / 3) ** 2 for x in v) / 2 / 3 for v in (ours, theirs))  # variance of each mean

@@ -210,9 +210,12 @@ def read_seeds(path: Path = SEEDS_FILE) -> list[dict]:
 
 
 def save_seeds(rows: list[dict], path: Path = SEEDS_FILE) -> list[dict]:
-    """Merge `rows` into the file: a run of the same recipe, variant, seed and precision replaces the old row."""
+    """Merge `rows` into the file: a run of the same recipe, variant, seed and precision replaces the old row,
+    unless it has the old row's accuracies (the same run read at a later commit: the row keeps its commit)."""
     key = lambda r: (r["recipe"], r["variant"], r["precision"], r["seed"])  # noqa: E731
-    merged = {key(r): r for r in [*read_seeds(path), *rows]}
+    accuracies = lambda r: (r["test_acc"], r["train_acc"])  # noqa: E731
+    merged = {key(r): r for r in read_seeds(path)}
+    merged.update({key(r): r for r in rows if key(r) not in merged or accuracies(merged[key(r)]) != accuracies(r)})
     ordered = [merged[k] for k in sorted(merged, key=lambda k: (RECIPES.index(k[0]), *k[1:]))]
     write_csv(path, list(COLUMNS), [[r[c] for c in COLUMNS] for r in ordered])
     return ordered
