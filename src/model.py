@@ -107,9 +107,10 @@ class ConvBlock(nn.Sequential):
 
 
 # The write-up's network: (in, out, GroupNorm groups, padding, dropout) of its six 3x3 convolutions, and where
-# its 1x1 transition (16 -> 8, neither norm nor ReLU) and the max-pool come: after the second one.
-WRITEUP_PLAN = [(1, 8, 2, 0, 0.0), (8, 16, 4, 0, 0.0), (8, 12, 3, 0, 0.0), (12, 16, 4, 0, 0.0),
-                (16, 16, 4, 0, 0.04), (16, 16, 4, 1, 0.04)]
+# its 1x1 transition (16 -> 8, neither norm nor ReLU) and the max-pool come: after the second one. Its dropout
+# follows the 12 -> 16 and the first 16 -> 16 convolution, so the next norm sees it; none after the padded last.
+WRITEUP_PLAN = [(1, 8, 2, 0, 0.0), (8, 16, 4, 0, 0.0), (8, 12, 3, 0, 0.0), (12, 16, 4, 0, 0.04),
+                (16, 16, 4, 0, 0.04), (16, 16, 4, 1, 0.0)]
 
 
 class WriteupBlock(nn.Sequential):
