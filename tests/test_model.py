@@ -88,7 +88,8 @@ def test_standardized_convolutions_ignore_each_filters_scale_and_offset():
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
 def test_the_writeup_network_is_the_yardstick_of_docs_yardstick(norm):
     """8,880 parameters: six bias-free 3x3 convolutions with ReLU before the norm, the 1x1 transition before the
-    pool, GroupNorm groups 2, 4, 3, 4, 4, 4, element-wise dropout 0.04 after the 4th and 5th (its 12 -> 16 and first 16 -> 16), a bias-free head."""
+    pool, GroupNorm groups 2, 4, 3, 4, 4, 4, element-wise dropout 0.04 after the 4th and 5th (its 12 -> 16 and
+    first 16 -> 16), a bias-free head."""
     model = Net(ModelConfig(norm=norm, arch="writeup"))
     assert count_parameters(model) == 8_880 and model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
