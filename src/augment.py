@@ -58,10 +58,13 @@ def augment(
 def rotation_grid(angle: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The sampling grid (B, H, W, 2) of `F.affine_grid` (align_corners=False) for rotations by `angle` (B,) radians
     about the centre, computed as the rotated identity grid: the same values as `affine_grid` of the rotation
-    matrices, without its batched matrix product (docs/performance.md)."""
+    matrices, without its batched matrix product (docs/performance.md).
+
+    The grid's coordinates are x / (W / 2) and y / (H / 2): the rotation turns pixels, so the cross terms carry
+    the aspect ratio (1 on a square image) and a non-square image turns without shearing."""
     x, y = _identity_grid(height, width, angle.device)
     cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
-    return torch.stack([x * cos - y * sin, x * sin + y * cos], dim=-1)
+    return torch.stack([x * cos - y * (sin * (height / width)), x * (sin * (width / height)) + y * cos], dim=-1)
 
 
 @functools.cache

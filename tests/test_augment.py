@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -53,12 +54,29 @@ def test_rotation_turns_each_image_within_its_range():
     assert angle.min() < -5 and angle.max() > 5 and angle.std() > 3  # spread over the range, image by image
 
 
-def test_the_rotation_grid_is_affine_grids_own():
+@pytest.mark.parametrize(("height", "width"), [(28, 28), (28, 20), (12, 40)])
+def test_the_rotation_grid_is_affine_grids_own(height, width):
+    """affine_grid of the rotation in pixels, written in normalized coordinates (x scaled by 2 / W, y by 2 / H):
+    [[cos, -sin H / W], [sin W / H, cos]]."""
     angle = (torch.rand(64, generator=torch.Generator().manual_seed(3)) * 2 - 1) * math.radians(30)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(-1, 2, 3)
-    expected = F.affine_grid(theta, [64, 1, 28, 20], align_corners=False)
-    torch.testing.assert_close(rotation_grid(angle, 28, 20), expected, rtol=0, atol=1e-6)
+    theta = torch.stack([cos, -sin * height / width, zero, sin * width / height, cos, zero], dim=1).view(-1, 2, 3)
+    expected = F.affine_grid(theta, [64, 1, height, width], align_corners=False)
+    torch.testing.assert_close(rotation_grid(angle, height, width), expected, rtol=0, atol=1e-6)
+
+
+def test_a_non_square_image_turns_as_torchvision_turns_it():
+    """A wide image rotated by 30 degrees: torchvision's bilinear rotation (in pixels) gives the same pixels;
+    rotating normalized coordinates instead would shear it."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    x = torch.randint(0, 256, (4, 1, 12, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = augment(x, torch.Generator().manual_seed(3), rotation=30, brightness=0, contrast=0)
+    angles = (torch.rand(4, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 30
+    expected = torch.stack([TF.rotate(x[i].float() / 255, float(angles[i]), interpolation=InterpolationMode.BILINEAR)
+                            for i in range(4)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
 def test_brightness_scales_each_image_by_its_own_draw_from_the_range():
