@@ -129,3 +129,4 @@ def test_the_seed_tables_are_results_seeds_csv(label):
         diff = statistics.mean(ours.values()) - statistics.mean(writeup.values())
         assert readme[label][1] == mean_std(writeup.values())
         assert readme[label][2].startswith(f"{diff:+.2f}, p = {p:.3f}".replace("-", "−"))
+        assert yardstick[label][2] == readme[label][2]
