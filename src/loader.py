@@ -58,7 +58,7 @@ def tensor_batches(data: Data, cfg, gen: torch.Generator, memory_format: torch.m
     batch dropped, each batch augmented with draws from `gen`."""
     n = len(data.train_images)
     steps = n // cfg.batch_size
-    mean, std = data.mean, data.std
+    mean, std = input_stats(Loader.tensors, data)
 
     def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n, generator=gen, device=data.train_images.device)
