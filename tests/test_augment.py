@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from src.augment import augment, normalize, rotation_grid
 
 
-def _batch(n=16):
+def _batch(n=16, height=28, width=28):
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    return torch.randint(0, 256, (n, 1, height, width), generator=g, dtype=torch.uint8)
 
 
 def test_shapes_and_range_are_kept():
@@ -108,7 +108,7 @@ def test_the_rotation_is_torchvisions_bilinear_rotation_by_each_images_draw(heig
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
 
-    x = torch.randint(0, 256, (8, 1, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = _batch(8, height, width)
     out = augment(x, torch.Generator().manual_seed(3), rotation=30, brightness=0, contrast=0)
     angles = (torch.rand(8, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 30  # degrees, counter-clockwise
     expected = torch.stack([TF.rotate(x[i].float() / 255, float(angles[i]), interpolation=InterpolationMode.BILINEAR)
