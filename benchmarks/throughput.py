@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -56,10 +56,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from src import config
+from src.config import ModelConfig, Precision, TrainConfig
 from src.data import DATASET_FILE, Data, load_data
 from src.engine import (
     NonFiniteLoss,
-    TrainConfig,
     fit,
     make_model,
     make_optimizer,
@@ -70,8 +70,7 @@ from src.engine import (
 )
 from src.errors import ConfigError, UserError, debug_enabled
 from src.loader import torchvision_loader
-from src.model import ModelConfig
-from src.speed import Precision, plan
+from src.speed import plan
 
 EPOCH_IMAGES = 60_000  # the per-epoch seconds are given for a full MNIST training set
 BASELINE = "baseline"
@@ -128,7 +127,7 @@ def time_project(model_cfg: ModelConfig, cfg: TrainConfig, data: Data,
                  device: torch.device) -> tuple[float, torch.nn.Module]:
     """Training images per second of one `fit` epoch over `data` (on `device`), and the trained model."""
     model = make_model(model_cfg, cfg.seed)
-    history = fit(model, data, replace(cfg, epochs=1), device, progress=False)
+    history = fit(model, data, cfg.changed(epochs=1), device, progress=False)
     steps = len(data.train_images) // cfg.batch_size
     return steps * cfg.batch_size / history[0]["epoch_seconds"], model
 
@@ -216,7 +215,7 @@ def bench_variant(variant: str, model_cfg: ModelConfig, cfg: TrainConfig, data: 
     # fit over a subset of whole batches: one epoch = the timed steps (n_test only keeps its evaluation short).
     n_test = min(cfg.batch_size, len(data.test_images))
     fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
-    configs = {cfg.precision.value: cfg}
+    configs = {cfg.precision: cfg}
 
     runs = {name: Runs() for name in [BASELINE, *configs]}
 
@@ -475,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     rows = []
     start = time.perf_counter()
     for variant in variants:
-        model_cfg, cfg = runs_of[variant].model, replace(runs_of[variant].train, precision=precision)
+        model_cfg, cfg = runs_of[variant].model, runs_of[variant].train.changed(precision=precision)
         runs = bench_variant(variant, model_cfg, cfg, data, device, args)
         resolved = plan(precision, model_cfg.norm, device).describe()
         rows += summarize(variant, runs, cfg, args.baseline_batch_size, resolved)
@@ -487,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.profile:
         print(f"\nshare of a training step's time per operator group (torch.profiler, {args.steps} steps):")
         for variant in variants:
-            model_cfg, cfg = runs_of[variant].model, replace(runs_of[variant].train, precision=precision)
+            model_cfg, cfg = runs_of[variant].model, runs_of[variant].train.changed(precision=precision)
             n_test = min(cfg.batch_size, len(data.test_images))
             fit_data = data.subset(n_train=args.steps * cfg.batch_size, n_test=n_test)
             resolved = plan(precision, model_cfg.norm, device).describe()

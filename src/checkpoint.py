@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 from collections.abc import Mapping
-from dataclasses import asdict
-from enum import Enum
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
-from src.engine import TrainConfig
+from src.config import Loader, ModelConfig, TrainConfig
 from src.errors import UserError
 from src.files import Corrupt, atomic_path, input_error, read_input
-from src.loader import Loader
-from src.model import ModelConfig, Net
+from src.model import Net
 
 
 def save_checkpoint(path: str | Path, model: Net, train_cfg: TrainConfig, **meta: object) -> None:
     """Save weights, model and training configs and `meta` (plain values) to `path`, atomically; the same model
     and values give the same bytes."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    train = {k: v.value if isinstance(v, Enum) else v for k, v in asdict(train_cfg).items()}  # plain values only
-    payload = {"model": model.cfg.to_dict(), "train": train, "state_dict": state, **meta}
+    payload = {"model": model.cfg.model_dump(), "train": train_cfg.model_dump(), "state_dict": state, **meta}
     # Saved through a buffer: torch.save names the archive inside the file after the path it writes to, and the
     # temporary path is random, so saving to it directly would give different bytes for the same model.
     buffer = io.BytesIO()
@@ -47,21 +43,35 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> tuple[Net, di
 def _rebuild(path: Path, stage: str) -> tuple[Net, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not code: bytes that are no pickle at all
-            raise Corrupt("not a complete PyTorch model file") from e
-        problem = "holds objects other than weights (code or classes) and was not loaded"
-        raise input_error(path, stage, problem) from None
-    except Exception as e:  # torch reports a cut or foreign file as OSError, RuntimeError, ...
+    except Exception as e:  # torch reports a cut or foreign file as OSError, RuntimeError, UnpicklingError, ...
+        foreign = _foreign_objects(path)
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            named = f"code or classes: {', '.join(foreign[:3])}{more}"
+            problem = f"holds objects other than weights ({named}) and was not loaded"
+            raise input_error(path, stage, problem) from None
         raise Corrupt("not a complete PyTorch model file") from e
     if not isinstance(ckpt, dict) or not all(isinstance(ckpt.get(k), dict) for k in ("model", "train", "state_dict")):
         raise Corrupt("it holds no model, training config and weights")
-    model = Net(ModelConfig(**ckpt["model"]))
+    try:
+        model = Net(ModelConfig.model_validate(ckpt["model"]))
+    except ValidationError as e:
+        problem = e.errors(include_url=False)[0]
+        raise Corrupt(f"its model config is not one this code builds ({problem['loc']}: {problem['msg']})") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError:
         raise Corrupt(f"weights do not match the architecture {model.cfg}") from None
     return model, ckpt
+
+
+def _foreign_objects(path: Path) -> list[str]:
+    """The functions and classes a model file would need beyond weights (code that loading would run): read from
+    the file's pickle, not from an error message; none for a file that is no complete PyTorch archive."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a cut or foreign file: not an archive whose objects can be listed
+        return []
 
 
 def file_md5(path: str | Path) -> str:

@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from src import config
 from src.errors import ConfigError, UserError, debug_enabled
 from src.files import stage_outputs
 
@@ -18,6 +19,12 @@ INTERRUPTED = 130
 def app(help: str) -> typer.Typer:
     """A single-command typer app with the project's settings."""
     return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False)
+
+
+def settings(*sections: str) -> str:
+    """A command's `--help` epilog: the params.yaml settings of `sections`, from the schema's descriptions."""
+    rows = "\n".join(f"  {key} ({kind}): {text}" for key, kind, text in config.describe(sections))
+    return f"Settings read from params.yaml (`python -m src.config` lists them all):\n\n\b\n{rows}"
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -100,7 +100,7 @@ def check_identity(dataset: str, train_images: np.ndarray, source: str) -> None:
     )
 
 
-@app.command()
+@app.command(epilog=cli.settings("download"))
 def main(
     out: Annotated[Path, typer.Option(help="Output .npz file with the validated splits.")] = DATASET_FILE,
     stats_out: Annotated[Path, typer.Option(help="Output JSON: counts, pixel mean/std.")] = Path("data/stats.json"),
@@ -111,8 +111,6 @@ def main(
     NORMCMP_DATA_DIR for mnist, NORMCMP_FASHION_MNIST_DIR for fashion-mnist.
     """
     dataset = config.section(config.load(), "download", config.Download).dataset
-    if dataset not in DATASETS:
-        raise UserError(f"params.yaml: download.dataset = {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
     local = os.environ.get(spec.local_dir_env)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,6 @@ import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,76 +14,12 @@ from torch import nn
 from tqdm import tqdm
 
 from src.augment import normalize
+from src.config import ModelConfig, Precision, TrainConfig
 from src.data import Data
 from src.errors import ConfigError, UserError
-from src.loader import Loader, batches, input_stats
-from src.model import ModelConfig, Net
-from src.speed import Precision, cap_cpu_kernels, plan
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimizer, schedule, augmentation and data-split settings (`params.yaml` section `train`); the defaults
-are the shipped recipe."""
-
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.05  # peak learning rate of the one-cycle schedule
-    momentum: float = 0.9
-    nesterov: bool = True
-    cycle_momentum: bool = False  # True: momentum cycles inversely to the learning rate, from 0.85 to `momentum`
-    weight_decay: float = 0.0
-    pct_start: float = 0.2  # fraction of steps spent warming up to the peak
-    l1: float = 0.0  # L1 penalty factor on all weights (variants.<variant>.l1)
-    l1_tensor_mean: bool = False  # the L1 term: False = sum of all |w|; True = sum of each tensor's mean |w|
-    seed: int = 1
-    rotation: float = 7.0  # degrees, U(-r, r)
-    brightness: float = 0.1
-    contrast: float = 0.1
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0  # clip the gradients' global norm to this; 0 = off
-    validation: int = 0  # hold out the last N training images and score them instead of the test set; 0 = off
-    precision: Precision = Precision.exact  # exact: the same bits on every CPU; fast: see src/speed.py
-    loader: Loader = Loader.tensors  # where the batches come from: see src/loader.py
-
-    def __post_init__(self) -> None:
-        for name, kind in (("precision", Precision), ("loader", Loader)):
-            try:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-            except ValueError:
-                allowed = " or ".join(m.value for m in kind)
-                raise ConfigError(f"train.{name} must be {allowed} (got {getattr(self, name)!r})") from None
-        rules = {  # field: (valid?, what is allowed)
-            "epochs": (self.epochs >= 1, ">= 1"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "lr": (self.lr > 0, "> 0"),
-            "momentum": (0.85 <= self.momentum < 1 if self.cycle_momentum else 0 <= self.momentum < 1,
-                         "in [0.85, 1) with train.cycle_momentum (it cycles from 0.85 up to it)" if self.cycle_momentum
-                         else "in [0, 1)"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            "pct_start": (0 < self.pct_start < 1, "in (0, 1)"),
-            "l1": (self.l1 >= 0, ">= 0"),
-            "rotation": (0 <= self.rotation <= 180, "in [0, 180] degrees"),
-            "brightness": (0 <= self.brightness < 1, "in [0, 1)"),
-            "contrast": (0 <= self.contrast < 1, "in [0, 1)"),
-            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
-            "grad_clip": (self.grad_clip >= 0, ">= 0 (0 = off)"),
-            "validation": (self.validation >= 0, ">= 0 (0 = score the test set)"),
-        }
-        for name, (ok, allowed) in rules.items():
-            if not ok:
-                key = "variants.<variant>.l1" if name == "l1" else f"train.{name}"
-                raise ConfigError(f"{key} must be {allowed} (got {getattr(self, name)!r})")
-
-    @property
-    def split(self) -> str:
-        """What the per-epoch and final scores are measured on: `test`, or `validation` for a tuning run."""
-        return split_name(self.validation)
-
-
-def split_name(validation: int) -> str:
-    """The split that `train.validation` scores: `test`, or `validation` when it holds images out."""
-    return "validation" if validation else "test"
+from src.loader import batches, input_stats
+from src.model import Net
+from src.speed import cap_cpu_kernels, plan
 
 
 def pick_device(name: str = "auto", threads: int | str = "auto",

@@ -17,10 +17,11 @@ import typer
 
 from src import cli, config
 from src.checkpoint import load_models, trained_loader
+from src.config import Loader, split_name
 from src.data import DATASET_FILE, load_data
-from src.engine import pick_device, predict, score, split_name
+from src.engine import pick_device, predict, score
 from src.files import Corrupt, atomic_dir, input_error, number, read_input, read_table, write_csv, write_json
-from src.loader import Loader, input_stats
+from src.loader import input_stats
 
 app = cli.app(__doc__.split("\n")[0])
 CURVES = ("train/loss", "train/acc", "test/loss", "test/acc", "lr")
@@ -111,7 +112,7 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
-@app.command()
+@app.command(epilog=cli.settings("evaluate"))
 def main(
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     models: Annotated[Path, typer.Option(help="Folder of the trained models.")] = Path("models"),

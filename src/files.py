@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
 import io
 import json
 import os
@@ -46,6 +47,8 @@ def _mode(folder: bool) -> int:
 
 # Renames waiting for the running stage to succeed (temporary path, output path); None outside `stage_outputs`.
 _pending: list[tuple[Path, Path]] | None = None
+# This process's temporaries not yet moved into place or deleted: the only ones that are not litter.
+_live: set[Path] = set()
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -63,6 +66,7 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def _remove(path: Path) -> None:
+    _live.discard(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -72,6 +76,7 @@ def _remove(path: Path) -> None:
 def _swap(tmp: Path, dest: Path) -> None:
     """Put `tmp` at `dest`: one rename for a file; a folder moves the old one aside first (to `_aside(dest)`), then
     deletes it. A kill between the two renames leaves the old folder aside; `recover` puts it back."""
+    _live.discard(tmp)
     if tmp.is_dir() and dest.exists():
         old = _aside(dest, secrets.token_hex(4))
         os.rename(dest, old)
@@ -86,8 +91,8 @@ def _aside(dest: Path, tag: str) -> Path:
 
 
 def recover(path: str | Path) -> None:
-    """Undo a folder swap that a kill cut short: if `path` is missing and its previous folder lies aside, put it
-    back; if `path` is there, delete what lies aside (the kill came after the new folder was in place)."""
+    """Undo what a kill left of an earlier write of `path`: if `path` is missing and its previous folder lies aside
+    (a folder swap cut short), put it back; then delete every other temporary of `path` but this process's own."""
     path = Path(path)
     if not path.parent.is_dir():
         return
@@ -96,6 +101,10 @@ def recover(path: str | Path) -> None:
         os.rename(aside.pop(), path)
     for old in aside:
         _remove(old)
+    # What a run killed outright (SIGKILL runs no clean-up) left while it wrote `path`.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale not in _live:
+            _remove(stale)
 
 
 @contextmanager
@@ -128,6 +137,7 @@ def _temporary(path: Path, make: Callable[..., str]) -> Iterator[Path]:
         recover(path)
         made = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(made[1] if isinstance(made, tuple) else made)
+    _live.add(tmp)
     if isinstance(made, tuple):
         os.close(made[0])
     os.chmod(tmp, _mode(folder=not isinstance(made, tuple)))

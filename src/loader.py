@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from enum import Enum
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,6 +21,7 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.vision import VisionDataset
 
 from src.augment import augment, standardize
+from src.config import Loader, TrainConfig
 from src.data import Data
 
 # The write-up's `Normalize((0.1307,), (0.3081,))`: the original MNIST training set's pixel mean and std.
@@ -32,11 +32,6 @@ WRITEUP_SATURATION, WRITEUP_HUE = 0.4, 0.1
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # one call: one epoch of (images, labels)
 
 
-class Loader(str, Enum):
-    tensors = "tensors"
-    torchvision = "torchvision"
-
-
 def input_stats(loader: Loader | str, data: Data) -> tuple[float, float]:
     """The mean and std that standardize a model's input: the training set's own, or on the write-up's path its
     constants. Training and every score of the model use the same pair."""
@@ -45,7 +40,8 @@ def input_stats(loader: Loader | str, data: Data) -> tuple[float, float]:
     return data.mean, data.std
 
 
-def batches(data: Data, cfg, device: torch.device, memory_format: torch.memory_format) -> tuple[int, Batches]:
+def batches(data: Data, cfg: TrainConfig, device: torch.device,
+            memory_format: torch.memory_format) -> tuple[int, Batches]:
     """Steps per epoch and the epochs of `cfg.loader`'s path, on `device` in `memory_format`: the tensor path
     draws from its own generator seeded with `cfg.seed`, the write-up's from torch's global one."""
     if Loader(cfg.loader) == Loader.torchvision:
@@ -53,7 +49,8 @@ def batches(data: Data, cfg, device: torch.device, memory_format: torch.memory_f
     return tensor_batches(data, cfg, torch.Generator(device=device).manual_seed(cfg.seed), memory_format)
 
 
-def tensor_batches(data: Data, cfg, gen: torch.Generator, memory_format: torch.memory_format) -> tuple[int, Batches]:
+def tensor_batches(data: Data, cfg: TrainConfig, gen: torch.Generator,
+                   memory_format: torch.memory_format) -> tuple[int, Batches]:
     """Steps per epoch and the epochs of the tensor path: a fresh order from `gen` each epoch, the last partial
     batch dropped, each batch augmented with draws from `gen`."""
     n = len(data.train_images)

@@ -14,60 +14,11 @@ every 3x3 convolution weight-standardized and followed by the norm and a ReLU (9
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from enum import Enum
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class Norm(str, Enum):
-    """Normalization layer placed after every convolution."""
-
-    bn = "bn"  # BatchNorm2d: statistics per channel, over the batch and H, W
-    gn = "gn"  # GroupNorm(groups, C): statistics per image and group of channels
-    ln = "ln"  # GroupNorm(1, C): statistics per image, over all channels and H, W
-
-
-class Arch(str, Enum):
-    """Which network `Net` builds."""
-
-    default = "default"  # this project's network, shaped by the other five `ModelConfig` settings
-    writeup = "writeup"  # the write-up's fixed network (WRITEUP_PLAN); those five settings do not apply
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a `Net`; saved in every checkpoint. The defaults build the shipped network."""
-
-    norm: Norm = Norm.bn
-    arch: Arch = Arch.default
-    gn_groups: int = 4
-    width: int = 16  # channels of the wide 3x3 convolutions
-    dropout: float = 0.0
-    weight_std: bool = True  # weight standardization of the convolutions before each norm
-    relu_before_norm: bool = False  # conv -> ReLU -> norm (the write-up's order) instead of conv -> norm -> ReLU
-
-    def __post_init__(self) -> None:
-        norm = Norm(self.norm).value  # ValueError on an unknown norm
-        object.__setattr__(self, "norm", norm)
-        object.__setattr__(self, "arch", Arch(self.arch).value)
-        if self.arch == Arch.writeup:
-            return
-        plan = channel_plan(self.width)
-        for c in plan:
-            if norm == "gn" and c % self.gn_groups:
-                raise ValueError(f"gn_groups = {self.gn_groups} does not divide the channel count {c}; "
-                                 f"choose a divisor of {sorted(set(plan))}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def channel_plan(width: int) -> list[int]:
-    """Output channels of the six 3x3 convolutions, in order: narrow before the pool, `width` after it."""
-    return [width // 2, 3 * width // 4, width, width, width, width]
+from src.config import Arch, ModelConfig, Norm, channel_plan
 
 
 def norm_layer(norm: str, channels: int, gn_groups: int) -> nn.Module:
@@ -128,9 +79,9 @@ class WriteupBlock(nn.Sequential):
 class Net(nn.Module):
     """A sub-10k-parameter CNN for 28x28 grey images, 10 classes."""
 
-    def __init__(self, cfg: ModelConfig | None = None) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg = cfg or ModelConfig()
+        self.cfg = cfg
         if cfg.arch == Arch.writeup:
             blocks = [WriteupBlock(*spec, norm=cfg.norm) for spec in WRITEUP_PLAN]
             self.features = nn.Sequential(

@@ -149,7 +149,7 @@ def read_misclassified(path: Path) -> list[dict]:
     return read_input(path, "evaluate", _parse_misclassified)
 
 
-@app.command()
+@app.command(epilog=cli.settings("plot"))
 def main(
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     plots: Annotated[Path, typer.Option(help="Folder of the evaluate stage's plot data.")] = Path("plots"),

@@ -5,6 +5,8 @@ BatchNorm normalizes with running statistics fixed in training, GroupNorm and La
 to every pixel vanishes in the first convolution for all three norms, and scaling every pixel by a > 0 scales each
 feature map after it, which GN and LN divide out per image and BN does not. The unclipped contrast and brightness
 shifts test exactly that (they make values no 8-bit image holds); every other shift is rounded and clipped to 0-255.
+A model with BatchNorm is scored a second time with test statistics (src/adapt.py): its statistics re-estimated on
+each shifted set as a whole, as GN and LN estimate theirs on each image.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import torchvision.transforms.functional as TF
 import typer
 from torch import nn
 
-from src import cli, config
+from src import adapt, cli, config
 from src.checkpoint import load_models, trained_loader
 from src.data import DATASET_FILE, load_data
-from src.engine import pick_device, predict, score
+from src.engine import pick_device
 from src.files import write_csv, write_json
 from src.loader import input_stats
 
@@ -75,32 +77,28 @@ def shifted(images: torch.Tensor, kind: Kind, severity: float, noise: torch.Tens
     return x.round().clamp(0, 255).to(torch.uint8) if kind.clip else x
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
-             batch_size: int) -> float:
-    """Test accuracy in % (pixel values in 0-255, uint8 or float)."""
-    return score(predict(model, images, mean, std, batch_size), labels)[1]
-
-
 def score_shifts(models: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor, mean: float,
                  std: float, severities: Mapping[str, Sequence[float]], seed: int = 0,
                  batch_size: int = 2000) -> list[dict]:
     """Accuracy of each model (by label) on each kind of shift at its clean severity and at each of `severities`
-    (kind -> values): rows of model, shift (the kind's key), severity and accuracy. The noise is one draw of
-    `seed` for every severity and model."""
+    (kind -> values): rows of model, shift (the kind's key), severity and accuracy. A model with BatchNorm is
+    scored a second time with each set's own statistics (`adapt.series`). The noise is one draw of `seed` for
+    every severity and model."""
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).to(images.device)
-    clean = {label: accuracy(m, images, labels, mean, std, batch_size) for label, m in models.items()}
+    runs = adapt.series(models)
+    clean = {label: adapt.accuracy(m, images, labels, mean, std, batch_size, test) for label, (m, test) in runs.items()}
     rows = []
     for key, values in severities.items():
         kind = KINDS[key]
         for severity in [kind.clean, *values]:
             x = shifted(images, kind, severity, noise) if severity != kind.clean else None
-            for label, model in models.items():
-                acc = clean[label] if x is None else accuracy(model, x, labels, mean, std, batch_size)
+            for label, (model, test) in runs.items():
+                acc = clean[label] if x is None else adapt.accuracy(model, x, labels, mean, std, batch_size, test)
                 rows.append({"model": label, "shift": key, "severity": severity, "accuracy": round(acc, 2)})
     return rows
 
 
-@app.command()
+@app.command(epilog=cli.settings("shift"))
 def main(
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
     models: Annotated[Path, typer.Option(help="Folder of the trained models.")] = Path("models"),
@@ -124,14 +122,15 @@ def main(
     mean, std = input_stats(trained_loader(next(iter(loaded.values()))[1]), dataset)  # the same for all: load_models
     rows = score_shifts(nets, dataset.test_images, dataset.test_labels, mean, std,
                         settings.severities(), settings.seed, batch_size)
+    keys = {label: v for v, spec in variants.items() for label, v in
+            ((spec.label, v), (spec.label + adapt.TEST_STATISTICS, f"{v}_test_statistics"))}
     by_model: dict[str, dict] = {}
-    for v, spec in variants.items():
-        for r in (r for r in rows if r["model"] == spec.label):
-            by_model.setdefault(v, {}).setdefault(r["shift"], {})[f"{r['severity']:g}"] = r["accuracy"]
+    for r in rows:
+        by_model.setdefault(keys[r["model"]], {}).setdefault(r["shift"], {})[f"{r['severity']:g}"] = r["accuracy"]
     write_json(metrics, by_model)
     write_csv(plots, ["model", "shift", "severity", "accuracy"],
               [[r["model"], KINDS[r["shift"]].title, r["severity"], r["accuracy"]] for r in rows])
-    print(format_table(rows, list(nets)))
+    print(format_table(rows, list(dict.fromkeys(r["model"] for r in rows))))
     print(f"scored {len(nets)} models on {len(rows) // len(nets)} test sets in {time.perf_counter() - start:.0f}s "
           f"-> {metrics}, {plots}")
 
@@ -140,9 +139,11 @@ def format_table(rows: Sequence[Mapping], labels: Sequence[str]) -> str:
     """Accuracy per shift and severity (rows) and model (columns)."""
     acc = {(r["shift"], r["severity"], r["model"]): r["accuracy"] for r in rows}
     keys = list(dict.fromkeys((r["shift"], r["severity"]) for r in rows))
-    lines = [f"{'shift':<22}{'severity':>9}" + "".join(f"{label:>9}" for label in labels)]
+    width = {label: max(9, len(label) + 2) for label in labels}
+    lines = [f"{'shift':<22}{'severity':>9}" + "".join(f"{label:>{width[label]}}" for label in labels)]
     for key, severity in keys:
-        lines.append(f"{key:<22}{severity:>9g}" + "".join(f"{acc[key, severity, label]:>9.2f}" for label in labels))
+        lines.append(f"{key:<22}{severity:>9g}"
+                     + "".join(f"{acc[key, severity, label]:>{width[label]}.2f}" for label in labels))
     return "\n".join(lines)
 
 

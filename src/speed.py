@@ -19,12 +19,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-
-class Precision(str, Enum):
-    """`train.precision`: how training computes, and so whether its results depend on the CPU."""
-
-    exact = "exact"
-    fast = "fast"
+from src.config import Precision
 
 
 class Layout(str, Enum):

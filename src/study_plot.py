@@ -80,7 +80,7 @@ def draw_study(summary: Mapping[str, Mapping[str, Mapping[str, float]]], title: 
     return fig
 
 
-@app.command()
+@app.command(epilog=cli.settings("batch_study", "plot"))
 def main(
     results: Annotated[Path, typer.Option(help="Folder of the points' result files.")],
     out: Annotated[Path, typer.Option(help="Folder for the plot data (CSV) and the figure (PNG).")],

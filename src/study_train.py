@@ -31,10 +31,10 @@ def study_run(params: dict, variant: str, batch_size: int, seed: int) -> config.
     run = config.run(params, variant)
     study = config.section(params, "batch_study", config.BatchStudy)
     lr = run.train.lr * batch_size / run.train.batch_size
-    return replace(run, train=replace(run.train, batch_size=batch_size, lr=lr, seed=seed, epochs=study.epochs))
+    return replace(run, train=run.train.changed(batch_size=batch_size, lr=lr, seed=seed, epochs=study.epochs))
 
 
-@app.command()
+@app.command(epilog=cli.settings("batch_study"))
 def main(
     variant: Annotated[str, typer.Argument(help="A key of `variants` in params.yaml.")],
     batch_size: Annotated[int, typer.Option(help="Images per step; the learning rate scales with it.")],

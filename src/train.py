@@ -26,7 +26,7 @@ app = cli.app(__doc__.split("\n")[0])
 TIMINGS = Path("timings")  # seconds per epoch and in all; git ignores it, as timings differ run to run
 
 
-@app.command()
+@app.command(epilog=cli.settings("model", "train", "variants.<name>"))
 def main(
     variant: Annotated[str, typer.Argument(help="Variant to train: a key of `variants` in params.yaml.")],
     data: Annotated[Path, typer.Option(help="Dataset file from the download stage.")] = DATASET_FILE,
@@ -44,7 +44,7 @@ def main(
     how = plan(run.train.precision, run.model.norm, dev)
     threads = torch.get_num_threads() if dev.type == "cpu" else None
     print(f"{variant}: {run.model.norm.upper()} {'write-up ' if run.model.arch == 'writeup' else ''}model, "
-          f"{count_parameters(model)} parameters, l1={run.train.l1}, device {dev} ({run.train.precision.value}: "
+          f"{count_parameters(model)} parameters, l1={run.train.l1}, device {dev} ({run.train.precision}: "
           f"{how.describe()}{f', {threads} threads' if threads else ''}), {images} train / "
           f"{run.train.validation or len(dataset.test_images)} {run.train.split} images")
     # DVCLive logs to a temporary folder that replaces `live_dir` only when the stage succeeds.

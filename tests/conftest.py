@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from src import config
+from src.config import ModelConfig, Run, TrainConfig
 from src.data import FILES, IMAGE_MAGIC, LABEL_MAGIC, save_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,21 @@ def dataset_file(tmp_path: Path) -> Path:
     path = tmp_path / "dataset.npz"
     save_data(path, arrays, [str(d) for d in range(10)])
     return path
+
+
+def shipped(variant: str = "gn") -> Run:
+    """The run of `variant` exactly as the shipped params.yaml defines it."""
+    return config.run(config.load(ROOT / "params.yaml"), variant)
+
+
+def train_cfg(**changes) -> TrainConfig:
+    """The shipped recipe (the GN variant's: no L1) with `changes`, validated as params.yaml is."""
+    return shipped().train.changed(**changes)
+
+
+def model_cfg(**changes) -> ModelConfig:
+    """The shipped network (the GN variant's) with `changes`, e.g. `model_cfg(norm="bn")`."""
+    return shipped().model.changed(**changes)
 
 
 def tiny_params(**train) -> dict:

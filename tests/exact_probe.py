@@ -14,8 +14,8 @@ from pathlib import Path
 
 from src.checkpoint import save_checkpoint
 from src.data import load_data
-from src.engine import TrainConfig, fit, make_model, pick_device
-from src.model import ModelConfig
+from src.engine import fit, make_model, pick_device
+from tests.conftest import model_cfg, train_cfg
 
 
 def main(dataset: str, precision: str) -> None:
@@ -23,8 +23,8 @@ def main(dataset: str, precision: str) -> None:
     data = load_data(Path(dataset)).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         for norm in ("bn", "gn", "ln"):
-            cfg = TrainConfig(epochs=2, batch_size=64, l1=1e-4 if norm == "bn" else 0.0, precision=precision)
-            model = make_model(ModelConfig(norm=norm), cfg.seed)
+            cfg = train_cfg(epochs=2, batch_size=64, l1=1e-4 if norm == "bn" else 0.0, precision=precision)
+            model = make_model(model_cfg(norm=norm), cfg.seed)
             fit(model, data, cfg, device, progress=False)
             path = Path(tmp) / f"{norm}.pt"
             save_checkpoint(path, model, cfg)

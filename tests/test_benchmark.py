@@ -11,8 +11,8 @@ import torch
 
 from benchmarks import throughput
 from src.data import load_data
-from src.engine import TrainConfig
 from src.speed import plan
+from tests.conftest import train_cfg
 
 
 @pytest.fixture
@@ -83,9 +83,9 @@ def test_one_cycle_schedule_never_divides_by_zero(n):
     # `make_optimizer`, shared with `fit`, keeps every phase of the schedule longer than zero.
     import torch
 
-    from src.engine import TrainConfig, make_optimizer
+    from src.engine import make_optimizer
 
-    opt, sched = make_optimizer([torch.zeros(1, requires_grad=True)], TrainConfig(lr=0.1, pct_start=0.2), n)
+    opt, sched = make_optimizer([torch.zeros(1, requires_grad=True)], train_cfg(lr=0.1, pct_start=0.2), n)
     for _ in range(n):
         opt.step()
         sched.step()
@@ -106,12 +106,12 @@ def test_the_ratio_is_taken_round_by_round():
     is divided by that round's baseline, and the table gives their median and range."""
     runs = {throughput.BASELINE: throughput.Runs(train=[100.0, 200.0, 150.0]),
             "fast": throughput.Runs(train=[400.0, 800.0, 450.0])}
-    rows = {r["mode"]: r for r in throughput.summarize("gn", runs, TrainConfig(), 64, "bf16, channels-last stem")}
+    rows = {r["mode"]: r for r in throughput.summarize("gn", runs, train_cfg(), 64, "bf16, channels-last stem")}
     assert rows["fast"]["ratio"] == 4.0  # rounds 4x, 4x, 3x (the medians' ratio would say 450 / 150 = 3x)
     assert rows["fast"]["ratio_range"] == (3.0, 4.0)
     table = throughput.format_table(list(rows.values()), torch.device("cpu"))
     assert re.search(r"project fast \(bf16, channels-last stem\)\s+128\s+450\s+4\.00\s+3\.00-4\.00\s", table), table
     failed = throughput.summarize("gn", {throughput.BASELINE: runs[throughput.BASELINE],
                                          "exact": throughput.Runs(train=[200.0], error="RuntimeError: round 2")},
-                                  TrainConfig(), 64, "fp32, NCHW")
+                                  train_cfg(), 64, "fp32, NCHW")
     assert failed[1]["ratio"] == 2.0  # its one round pairs with the baseline's first

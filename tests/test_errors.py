@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -51,27 +50,35 @@ def set_param(key: str, value) -> None:
 @pytest.mark.parametrize("key, value, message", [
     ("variants.gn.norm", "in", "params.yaml: variants.gn.norm = 'in' must be one of bn, gn, ln"),
     ("variants.gn.l1", 1e-4, "params.yaml: variants.gn.l1 applies to norm bn only (this variant's is gn)"),
-    ("variants.gn.gn_groups", 3, "params.yaml: gn_groups = 3 does not divide the channel count 8"),
+    ("variants.gn.gn_groups", 3, "params.yaml: variants.gn.gn_groups = 3 does not divide the channel count 8"),
     ("variants.gn.gn_grups", 2, "params.yaml: unknown key 'variants.gn.gn_grups'"),
     ("variants.gn.gn_groups", "four", "params.yaml: variants.gn.gn_groups = 'four' must be an integer"),
-    ("train.epochs", 0, "train.epochs must be >= 1 (got 0)"),
+    ("train.epochs", 0, "params.yaml: train.epochs must be >= 1 (got 0)"),
     ("train.batch_size", 0, "train.batch_size must be >= 1 (got 0)"),
     ("train.lr", -0.1, "train.lr must be > 0 (got -0.1)"),
-    ("variants.bn_l1.l1", -1.0, "variants.<variant>.l1 must be >= 0"),
-    ("train.device", "tpu", "train.device = 'tpu' is unknown"),
+    ("variants.bn_l1.l1", -1.0, "params.yaml: variants.bn_l1.l1 must be >= 0 (got -1.0)"),
+    ("train.device", "tpu", "params.yaml: train.device = 'tpu' is unknown; use auto, cpu, cuda or cuda:N"),
     ("train.threads", 0, "train.threads must be auto or a positive integer (got 0)"),
 
     ("train.lr", KeyError, "params.yaml: missing key 'train.lr'"),
     ("train.epochs", "ten", "params.yaml: train.epochs = 'ten' must be an integer"),
     ("train.precision", "bf16", "params.yaml: train.precision = 'bf16' must be one of exact, fast"),
     ("model.arch", "resnet", "params.yaml: model.arch = 'resnet' must be one of default, writeup"),
-    ("train.validation", -1, "train.validation must be >= 0 (0 = score the test set) (got -1)"),
-    ("train.grad_clip", -1.0, "train.grad_clip must be >= 0 (0 = off) (got -1.0)"),
+    ("train.validation", -1, "params.yaml: train.validation must be >= 0 (got -1)"),
+    ("train.grad_clip", -1.0, "params.yaml: train.grad_clip must be >= 0 (got -1.0)"),
     ("train.lr_peak", 0.1, "params.yaml: unknown key 'train.lr_peak'"),
     ("model.widht", 24, "params.yaml: unknown key 'model.widht'"),
+    ("train.rotation", 200, "params.yaml: train.rotation must be in [0, 180] (got 200)"),
+    ("train.pct_start", 1.0, "params.yaml: train.pct_start must be in (0, 1) (got 1.0)"),
+    ("train.epochs", True, "params.yaml: train.epochs = True must be an integer"),
+    ("train.momentum", 0.8, "params.yaml: train.momentum must be in [0.85, 1) with train.cycle_momentum"),
+    ("train.l1", 1e-4, "params.yaml: unknown key 'train.l1'"),
+    ("model.norm", "gn", "params.yaml: unknown key 'model.norm'"),
 ])
 def test_bad_training_parameters(workdir, capsys, key, value, message):
     set_param(key, value)
+    if key == "train.momentum":
+        set_param("train.cycle_momentum", True)
     assert run("train", "bn_l1" if "bn_l1" in key else "gn") == 1
     assert message in error_line(capsys)
     assert not Path("models").exists() and not Path("dvclive").exists()
@@ -87,8 +94,8 @@ def test_the_stage_trains_what_params_yaml_defines(workdir, variant):
     assert run("train", variant, "--no-progress") == 0
     ckpt = torch.load(f"models/{variant}.pt", weights_only=True)
     spec = config.run(config.load(), variant)
-    assert ckpt["model"] == spec.model.to_dict() and ckpt["variant"] == variant
-    assert ckpt["train"] == dataclasses.asdict(spec.train) and spec.train.rotation == 3.0
+    assert ckpt["model"] == spec.model.model_dump() and ckpt["variant"] == variant
+    assert ckpt["train"] == spec.train.model_dump() and spec.train.rotation == 3.0
 
 
 def test_a_key_written_twice_is_refused_with_both_lines(workdir, capsys):
@@ -118,7 +125,7 @@ def test_unknown_variant_and_broken_params_file(workdir, capsys):
 def test_bad_stage_parameters(workdir, capsys):
     set_param("download.dataset", "cifar")
     assert run("download") == 1
-    assert "download.dataset = 'cifar' is unknown; choose one of mnist, fashion-mnist" in error_line(capsys)
+    assert "params.yaml: download.dataset = 'cifar' must be one of mnist, fashion-mnist" in error_line(capsys)
     set_param("plot.dpi", 0)
     assert run("plot") == 1
     assert "plot.dpi must be >= 20 (got 0)" in error_line(capsys)
@@ -258,6 +265,30 @@ def test_interrupted_training_exits_promptly_and_keeps_the_previous_outputs(work
     assert "error: interrupted; no outputs were written" in err and "Traceback" not in err
     assert snapshot("models", "dvclive") == before
     assert not list(Path(".").rglob("*.tmp"))
+
+
+def test_a_stage_killed_outright_leaves_litter_that_its_next_run_removes(workdir):
+    """SIGKILL runs no clean-up: the killed run's temporary folder stays beside the previous outputs, which are
+    intact; the stage's next run deletes it (and only its own stage's temporaries)."""
+    assert run("train", "gn", "--no-progress") == 0
+    before = snapshot("models", "dvclive")
+    set_param("train.epochs", 200)
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", "gn", "--no-progress"], cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(Path("dvclive").glob(".gn.*.tmp/metrics.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=20)
+    litter = list(Path("dvclive").glob(".gn.*.tmp"))
+    assert len(litter) == 1 and snapshot("models", "dvclive") == {**before, **snapshot(*litter)}
+    other = Path("dvclive/.ln.0a1b2c3d.tmp")  # another stage's: not this run's to judge
+    other.mkdir()
+    set_param("train.epochs", 1)
+    assert run("train", "gn", "--no-progress") == 0
+    assert not litter[0].exists() and other.is_dir()
+    assert [p for p in Path(".").rglob("*.tmp") if p != other] == []
 
 
 # --- the command line ---------------------------------------------------------------------------

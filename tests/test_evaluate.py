@@ -4,7 +4,7 @@ import torch
 from src.data import load_data
 from src.engine import make_model, predict, score
 from src.evaluate import compare, error_overlap, misclassified, per_class_accuracy, score_model
-from src.model import ModelConfig
+from tests.conftest import model_cfg
 
 
 def test_error_overlap_counts_shared_and_any_mistakes():
@@ -40,7 +40,7 @@ def test_per_class_accuracy_in_percent():
 
 def test_score_model_scores_clean_train_and_test_sets(dataset_file):
     data = load_data(dataset_file)
-    model = make_model(ModelConfig(norm="gn"), seed=1)
+    model = make_model(model_cfg(norm="gn"), seed=1)
     r = score_model(model, data, batch_size=50)
     logits = predict(model, data.test_images, data.mean, data.std)
     assert (r["test_loss"], r["test_acc"]) == score(logits, data.test_labels)

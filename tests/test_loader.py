@@ -3,17 +3,17 @@
 import torch
 
 from src.data import load_data
-from src.engine import TrainConfig, fit, make_model, make_optimizer, predict, score
+from src.engine import fit, make_model, make_optimizer, predict, score
 from src.evaluate import score_model
 from src.loader import WRITEUP_MEAN, WRITEUP_STD, Loader, input_stats, torchvision_batches
-from src.model import ModelConfig
+from tests.conftest import model_cfg, train_cfg
 
 CPU = torch.device("cpu")
 
 
 def _epoch(data, **cfg):
     torch.manual_seed(0)
-    steps, batches = torchvision_batches(data, TrainConfig(loader="torchvision", **cfg), CPU, torch.contiguous_format)
+    steps, batches = torchvision_batches(data, train_cfg(loader="torchvision", **cfg), CPU, torch.contiguous_format)
     return steps, list(batches())
 
 
@@ -68,10 +68,10 @@ def test_brightness_is_colorjitters_one_factor_per_image_truncated_to_8_bits(dat
 
 def test_training_on_it_scores_with_its_constants_and_takes_every_step(dataset_file):
     data = load_data(dataset_file)
-    cfg = TrainConfig(epochs=2, batch_size=200, lr=0.1, loader="torchvision")
+    cfg = train_cfg(epochs=2, batch_size=200, lr=0.1, loader="torchvision")
     models, histories = [], []
     for _ in range(2):
-        models.append(make_model(ModelConfig(norm="bn"), seed=1))
+        models.append(make_model(model_cfg(norm="bn"), seed=1))
         histories.append(fit(models[-1], data, cfg, CPU, progress=False))
     assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()))
     last = histories[0][-1]

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from src import cli, evaluate, shift, train
+from src.adapt import with_test_statistics
 from src.data import load_data
-from src.engine import TrainConfig, fit, make_model, predict
-from src.model import ModelConfig
+from src.engine import fit, make_model, predict, score
+from tests.conftest import model_cfg, train_cfg
 from tests.test_errors import error_line, set_param
 
 CPU = torch.device("cpu")
@@ -20,8 +21,8 @@ CPU = torch.device("cpu")
 
 def trained(dataset_file: Path, norm: str) -> torch.nn.Module:
     """A model after one epoch on the synthetic digits: BN with running statistics and shifts of its own."""
-    model = make_model(ModelConfig(norm=norm), seed=1)
-    fit(model, load_data(dataset_file), TrainConfig(epochs=1, batch_size=64, lr=0.1), CPU, progress=False)
+    model = make_model(model_cfg(norm=norm), seed=1)
+    fit(model, load_data(dataset_file), train_cfg(epochs=1, batch_size=64, lr=0.1), CPU, progress=False)
     return model.eval()
 
 
@@ -93,10 +94,26 @@ def test_scores_hold_the_clean_accuracy_and_every_severity(dataset_file):
                               {"contrast": [0.5, 2.0], "invert": [1.0]}, batch_size=50)
     assert [(r["shift"], r["severity"]) for r in rows] == [
         ("contrast", 1.0), ("contrast", 0.5), ("contrast", 2.0), ("invert", 0.0), ("invert", 1.0)]
-    clean = shift.accuracy(models["GN"], data.test_images, data.test_labels, data.mean, data.std, 50)
+    clean = score(predict(models["GN"], data.test_images, data.mean, data.std), data.test_labels)[1]
     assert rows[0]["accuracy"] == rows[3]["accuracy"] == round(clean, 2)
-    inverted = shift.accuracy(models["GN"], 255 - data.test_images, data.test_labels, data.mean, data.std, 50)
+    inverted = score(predict(models["GN"], 255 - data.test_images, data.mean, data.std), data.test_labels)[1]
     assert rows[4]["accuracy"] == round(inverted, 2)
+
+
+def test_a_batchnorm_model_is_scored_again_with_each_shifted_sets_statistics(dataset_file):
+    """The second BN series: its statistics re-estimated on each shifted set, which undoes an unclipped contrast
+    change exactly (the first convolution scales by a, the set's statistics scale with it)."""
+    data = load_data(dataset_file)
+    model = trained(dataset_file, "bn")
+    rows = shift.score_shifts({"BN": model}, data.test_images, data.test_labels, data.mean, data.std,
+                              {"contrast_unclipped": [0.25, 4.0]}, batch_size=50)
+    acc = {(r["model"], r["severity"]): r["accuracy"] for r in rows}
+    assert [r["model"] for r in rows] == ["BN", "BN (test statistics)"] * 3
+    adapted = with_test_statistics(model, data.test_images, data.mean, data.std)
+    own = score(predict(adapted, data.test_images, data.mean, data.std), data.test_labels)[1]
+    assert acc["BN (test statistics)", 1.0] == acc["BN (test statistics)", 0.25] == acc["BN (test statistics)", 4.0] \
+        == round(own, 2)
+    assert acc["BN", 1.0] == round(score(predict(model, data.test_images, data.mean, data.std), data.test_labels)[1], 2)
 
 
 # --- the stage --------------------------------------------------------------------------------------
@@ -112,8 +129,10 @@ def test_the_stage_writes_what_evaluate_scores_on_the_clean_test_set(workdir, ca
     assert run(shift.app) == 0
     assert "scored 3 models on" in capsys.readouterr().out
     by_model = json.loads(Path("metrics/shift.json").read_text())
-    assert list(by_model) == ["bn_l1", "gn", "ln"]
+    assert list(by_model) == ["bn_l1", "bn_l1_test_statistics", "gn", "ln"]
     for v, shifts in by_model.items():
+        if v.endswith("_test_statistics"):
+            continue  # not the model evaluate scores: the clean test set's own statistics
         clean = json.loads(Path(f"metrics/{v}.json").read_text())["test_acc"]
         assert shifts["contrast"]["1"] == shifts["rotation"]["0"] == round(clean, 2)
         assert set(shifts) == set(shift.KINDS)
@@ -132,5 +151,5 @@ def test_a_damaged_model_or_bad_setting_is_one_error_and_writes_nothing(workdir,
     assert run(train.app, "ln", "--no-progress") == 0
     set_param("shift.contrast", [0.5, 0.0])
     assert run(shift.app) == 1
-    assert "shift.contrast must be > 0 (got [0.5, 0.0])" in error_line(capsys)
+    assert "params.yaml: shift.contrast[1] must be > 0 (got 0.0)" in error_line(capsys)
     assert not Path("metrics").exists() and not Path("plots").exists()

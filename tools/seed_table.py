@@ -16,8 +16,8 @@ parameter, which turns a sweep into one table per value:
 
 A run that appears more than once (two baseline commits carrying the same
 committed metrics) is counted once. A `--by` key that an older commit's
-params.yaml lacks counts as the project's default for it (ModelConfig,
-TrainConfig), so that runs from before the key existed group with their own.
+params.yaml lacks counts as the shipped params.yaml's value for it, so that
+runs from before the key existed group with their own.
 
 `--better-than KEY=VALUE` compares every other table of the same dataset and
 split with the one of that value: per variant, the difference of the mean test
@@ -35,30 +35,20 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import MISSING, fields
-from enum import Enum
 from pathlib import Path
 
 import yaml
 
-from src.config import get_key
+from src.config import PARAMS_FILE, get_key, load
 from src.files import Corrupt, read_table, write_csv
 
 METRICS = ("test_acc", "peak_test_acc", "train_acc", "gap")
 
 
 def default(key: str):
-    """The project's default of a `model.*` or `train.*` key (what a run from before the key existed used), or
-    None."""
-    from src.engine import TrainConfig
-    from src.model import ModelConfig
-
-    section, _, name = key.partition(".")
-    config = {"model": ModelConfig, "train": TrainConfig}.get(section)
-    field = next((f for f in fields(config) if f.name == name), None) if config else None
-    if field is None or field.default is MISSING:
-        return None
-    return field.default.value if isinstance(field.default, Enum) else field.default
+    """What a run from before `key` existed used for it: the shipped params.yaml's value (a new setting ships with
+    the value that keeps the old behaviour), or None for a key it does not hold."""
+    return get_key(load(PARAMS_FILE), key, None)
 
 
 def group_value(params: dict, key: str):
