@@ -1,6 +1,6 @@
 # `make repro` sets up a virtual environment and runs the DVC pipeline; `make test` runs the tests.
 # Without internet, point NORMCMP_DATA_DIR at a folder holding the four MNIST IDX .gz files:
-#   make repro NORMCMP_DATA_DIR=/path/to/mnist
+#   make repro NORMCMP_DATA_DIR=/path/to/mnist NORMCMP_MNIST_C_DIR=/path/to/mnist_c
 # and, for download.dataset: fashion-mnist, NORMCMP_FASHION_MNIST_DIR at the Fashion-MNIST files.
 VENV ?= .venv
 PYTHON ?= python3
@@ -16,6 +16,10 @@ ifneq ($(strip $(NORMCMP_DATA_DIR)),)
 # on the make command line would otherwise win over this one, and stay relative).
 override NORMCMP_DATA_DIR := $(abspath $(NORMCMP_DATA_DIR))
 export NORMCMP_DATA_DIR
+endif
+ifneq ($(strip $(NORMCMP_MNIST_C_DIR)),)
+override NORMCMP_MNIST_C_DIR := $(abspath $(NORMCMP_MNIST_C_DIR))
+export NORMCMP_MNIST_C_DIR
 endif
 ifneq ($(strip $(NORMCMP_FASHION_MNIST_DIR)),)
 override NORMCMP_FASHION_MNIST_DIR := $(abspath $(NORMCMP_FASHION_MNIST_DIR))

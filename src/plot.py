@@ -1,9 +1,9 @@
 """Stage `plot`: draw the comparison figures as PNG files with matplotlib.
 
-Graph 1 and 2 overlay the per-epoch test loss and test accuracy of all
-variants; `shift.png` their accuracy on shifted test images (the shift
-stage's); one figure per variant shows ten misclassified test images. The
-drawing functions take plain data, so the notebook calls them too.
+Graph 1 and 2 overlay the per-epoch test loss and test accuracy of all variants; `shift.png` their accuracy on
+shifted test images (the shift stage's), `mnist_c.png` their test error on MNIST-C (the mnist_c stage's); one
+figure per variant shows ten misclassified test images. The drawing functions take plain data, so the notebook
+calls them too.
 """
 
 from __future__ import annotations
@@ -139,6 +139,42 @@ def _parse_shift(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def draw_mnist_c(rows: Sequence[Mapping], title: str = "MNIST-C: test error per corruption") -> Figure:
+    """Test error per MNIST-C set (rows' `corruption`, in their order, `identity` the clean set) as bars grouped by
+    set, one colour per model (its mean corruption error, identity excluded, in the legend)."""
+    sets = list(dict.fromkeys(r["corruption"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    error = {(r["model"], r["corruption"]): 100 - float(r["accuracy"]) for r in rows}
+    fig = Figure(figsize=(9, 0.42 * len(sets) * max(1, len(models) / 3) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    height = 0.8 / len(models)
+    for i, model in enumerate(models):
+        values = [error[model, s] for s in sets]
+        mce = np.mean([error[model, s] for s in sets if s != "identity"])
+        ax.barh(np.arange(len(sets)) + (i - (len(models) - 1) / 2) * height, values, height,
+                label=f"{model} (mean corruption error {mce:.2f}%)")
+    ax.set_yticks(np.arange(len(sets)), [s.replace("_", " ") for s in sets])
+    ax.invert_yaxis()  # the clean set on top, the corruptions in the benchmark's order below
+    ax.set(title=title, xlabel="test error (%)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(title="model", loc="lower right", fontsize=8)
+    return fig
+
+
+def read_mnist_c(path: Path) -> list[dict[str, str]]:
+    """The mnist_c stage's rows: model, corruption, accuracy."""
+    return read_input(path, "mnist_c", _parse_mnist_c)
+
+
+def _parse_mnist_c(path: Path) -> list[dict[str, str]]:
+    rows = read_table(path)
+    if set(rows[0]) != {"model", "corruption", "accuracy"}:
+        raise Corrupt("it has no columns model, corruption and accuracy")
+    for r in rows:
+        number(r["accuracy"])
+    return rows
+
+
 def read_curves(path: Path) -> dict[str, list[float]]:
     """A wide curves CSV (epoch, one column per model) -> {model: values}."""
     return read_input(path, "evaluate", _parse_curves)
@@ -155,8 +191,8 @@ def main(
     plots: Annotated[Path, typer.Option(help="Folder of the evaluate stage's plot data.")] = Path("plots"),
     out: Annotated[Path, typer.Option(help="Output folder for the PNG figures.")] = Path("plots/images"),
 ) -> None:
-    """Draw Graph 1 (test loss), Graph 2 (test accuracy), the shift panels and a misclassified grid per model (at
-    `plot.dpi`)."""
+    """Draw Graph 1 (test loss), Graph 2 (test accuracy), the shift panels, the MNIST-C bars and a misclassified
+    grid per model (at `plot.dpi`)."""
     params = config.load()
     dpi = config.section(params, "plot", config.Plot).dpi
     variants = config.variants(params)
@@ -168,6 +204,7 @@ def main(
                                          "Graph 2: test accuracy per epoch", "test accuracy (%)"),
     }
     figures["shift.png"] = draw_shift(read_shift(plots / "shift.csv"))
+    figures["mnist_c.png"] = draw_mnist_c(read_mnist_c(plots / "mnist_c.csv"))
     for v, spec in variants.items():
         items = read_misclassified(plots / "misclassified" / f"{v}.json")
         figures[f"misclassified_{v}.png"] = draw_misclassified(

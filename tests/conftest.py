@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src import config
+from src import config, mnist_c
 from src.config import ModelConfig, Run, TrainConfig
 from src.data import FILES, IMAGE_MAGIC, LABEL_MAGIC, save_data
 
@@ -44,6 +44,23 @@ def write_mnist(folder: Path, n_train: int = 256, n_test: int = 128) -> Path:
         write_idx(folder / FILES[f"{split}_images"], images, IMAGE_MAGIC)
         write_idx(folder / FILES[f"{split}_labels"], labels, LABEL_MAGIC)
     return folder
+
+
+def write_mnist_c(folder: Path, n: int = 6, dtype: str = "uint8") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A fake MNIST-C folder as the release lays it out (a different split per set); the uint8 images
+    (N, 1, 28, 28) and labels each set must read as. Float images are the pixels plus up to ±0.4."""
+    expected = {}
+    for i, name in enumerate(mnist_c.NAMES):
+        images, labels = synthetic_split(n, seed=i)
+        pixels = images[..., None]  # (N, 28, 28, 1)
+        if dtype != "uint8":
+            jitter = np.random.default_rng(i).uniform(-0.4, 0.4, pixels.shape)
+            pixels = np.clip(pixels + jitter, 0, 255).astype(dtype)
+        (folder / name).mkdir(parents=True)
+        np.save(folder / name / "test_images.npy", pixels)
+        np.save(folder / name / "test_labels.npy", labels)
+        expected[name] = images[:, None], labels.astype(np.int64)
+    return expected
 
 
 @pytest.fixture

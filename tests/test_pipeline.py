@@ -1,4 +1,4 @@
-"""End to end: `dvc repro` of all seven stages in a temporary git repository."""
+"""End to end: `dvc repro` of all nine stages in a temporary git repository."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_params, write_mnist
+from tests.conftest import ROOT, tiny_params, write_mnist, write_mnist_c
 
 BIN = Path(sys.executable).parent
-STAGES = ["download", "train_bn_l1", "train_gn", "train_ln", "evaluate", "shift", "plot"]
+STAGES = ["download", "train_bn_l1", "train_gn", "train_ln", "evaluate", "shift", "download_mnist_c", "mnist_c", "plot"]
 # A folder of the four real MNIST .gz files for the real-data tests (.ci/run sets it for CI).
 REAL_DATA = Path(os.environ["NORMCMP_REAL_DATA"]).absolute() if os.environ.get("NORMCMP_REAL_DATA") else None
+# ... and of MNIST-C's test split, in the release's layout.
+REAL_MNIST_C = Path(os.environ["NORMCMP_REAL_MNIST_C"]).absolute() if os.environ.get("NORMCMP_REAL_MNIST_C") else None
 NO_REAL_DATA = "set NORMCMP_REAL_DATA to a folder holding the four MNIST IDX .gz files"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -28,15 +30,19 @@ def sh(*cmd: str, cwd: Path, env: dict) -> str:
     return result.stdout
 
 
-def make_repo(tmp_path: Path, params: dict, data_dir: Path) -> tuple[Path, dict]:
-    """A fresh git + DVC repository holding this project's pipeline and `params`."""
+def make_repo(tmp_path: Path, params: dict, data_dir: Path, mnist_c_dir: Path | None = None) -> tuple[Path, dict]:
+    """A fresh git + DVC repository holding this project's pipeline and `params`; MNIST-C from `mnist_c_dir`, or a
+    small fake one."""
     repo = tmp_path / "repo"
+    if mnist_c_dir is None:
+        mnist_c_dir = tmp_path / "mnist_c"
+        write_mnist_c(mnist_c_dir, n=20)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NORMCMP_DATA_DIR": str(data_dir),
-           "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "GIT_AUTHOR_NAME": "test",
-           "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
+           "NORMCMP_MNIST_C_DIR": str(mnist_c_dir), "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
            "GIT_COMMITTER_EMAIL": "test@example.com"}
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
@@ -53,7 +59,7 @@ def changed_params(repo: Path, env: dict) -> dict[str, dict]:
             for change in changes if isinstance(change, dict) and "params.yaml" in change.get("changed deps", {})}
 
 
-EVERY_VARIANT = {stage: {"variants": "modified"} for stage in ("evaluate", "shift", "plot")}
+EVERY_VARIANT = {stage: {"variants": "modified"} for stage in ("evaluate", "shift", "mnist_c", "plot")}
 
 
 @pytest.mark.parametrize("key, value, stages", [
@@ -107,7 +113,11 @@ def test_dvc_repro_end_to_end(tmp_path):
     html = (repo / "html" / "index.html").read_text()
     for title in ("Test loss per epoch", "Test accuracy per epoch", "Confusion matrix, GN"):
         assert title in html
-    images = ["test_loss", "test_accuracy", "misclassified_bn_l1", "misclassified_gn", "misclassified_ln"]
+    images = ["test_loss", "test_accuracy", "shift", "mnist_c", "misclassified_bn_l1", "misclassified_gn",
+              "misclassified_ln"]
+    mnist_c = files["metrics/mnist_c.json"]["data"]
+    assert list(mnist_c) == ["bn_l1", "bn_l1_test_statistics", "gn", "ln"]
+    assert all(len(scores) == 17 and "mean_corruption_error" in scores for scores in mnist_c.values())
     for name in images:
         png = repo / "plots" / "images" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -23,6 +23,9 @@ TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c"]  # matplotlib's C0, C1, C2: the PNG fi
 CURVES = ["Test loss per epoch", "Test accuracy per epoch", "Train accuracy per epoch (augmented batches)"]
 DIAGONAL_GREY = "#e6e6e6"  # .dvc/plots/mistakes.json: the correct cells, apart from the colour scale
 SHIFT = "Accuracy on shifted test images"
+MNIST_C = "MNIST-C, accuracy per corruption"
+SERIES = ["BN + L1", "BN + L1 (test statistics)", "GN", "LN"]  # the shift and MNIST-C charts' models
+TAB10_4 = [*TAB10, "#d62728"]  # C0-C3: four series
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
@@ -159,7 +162,7 @@ def test_plots_diff_spec_tells_model_and_revision_apart(project, tmp_path):
 
 def test_page_renders_offline_without_errors(page_report):
     assert_clean(page_report)
-    assert [c["title"] for c in page_report["charts"]] == [*CURVES, "Per-class test accuracy", SHIFT,
+    assert [c["title"] for c in page_report["charts"]] == [*CURVES, "Per-class test accuracy", SHIFT, MNIST_C,
                                                            *(f"Confusion matrix, {m}" for m in MODELS)]
 
 
@@ -172,17 +175,38 @@ def test_shift_spec_has_one_panel_per_kind_and_colours_by_model(shown):
     assert {e["field"] for e in encodings(spec, "strokeDash")} == {"rev"}
     rows = spec["data"]["values"]
     assert list(dict.fromkeys(r["shift"] for r in rows)) == [kind.title for kind in KINDS.values()]
-    assert list(dict.fromkeys(r["model"] for r in rows)) == MODELS
+    assert list(dict.fromkeys(r["model"] for r in rows)) == SERIES
+
+
+def test_mnist_c_spec_puts_the_sets_in_the_benchmarks_order_and_colours_by_model(shown):
+    from src.mnist_c import NAMES
+
+    spec = shown[MNIST_C]
+    [x] = encodings(spec, "x")
+    assert (x["field"], x["type"], x["sort"]) == ("corruption", "nominal", {"field": "place", "op": "min"})
+    assert {e["field"] for e in encodings(spec, "color")} == {"model"}
+    assert {e["field"] for e in encodings(spec, "strokeDash")} == {"rev"}
+    rows = spec["data"]["values"]
+    assert list(dict.fromkeys(r["corruption"] for r in rows)) == list(NAMES)
+    assert list(dict.fromkeys(r["model"] for r in rows)) == SERIES
 
 
 def test_shift_chart_draws_a_line_per_model_in_every_panel(project, page_report):
     from src.shift import KINDS
 
     drawn = chart(page_report, SHIFT)
-    assert drawn["color_domain"] == MODELS and drawn["color_range"] == TAB10
-    assert sorted(drawn["line_strokes"]) == sorted(TAB10)
-    assert drawn["line_count"] == len(KINDS) * len(MODELS)  # one line per model in each panel
-    for colour in TAB10:
+    assert drawn["color_domain"] == SERIES and drawn["color_range"] == TAB10_4
+    assert sorted(drawn["line_strokes"]) == sorted(TAB10_4)
+    assert drawn["line_count"] == len(KINDS) * len(SERIES)  # one line per series in each panel
+    for colour in TAB10_4:
+        assert colour_pixels(Path(drawn["screenshot"]), colour) > 50, colour
+
+
+def test_mnist_c_chart_draws_a_line_per_model(page_report):
+    drawn = chart(page_report, MNIST_C)
+    assert drawn["color_domain"] == SERIES and drawn["color_range"] == TAB10_4
+    assert sorted(drawn["line_strokes"]) == sorted(TAB10_4) and drawn["line_count"] == len(SERIES)
+    for colour in TAB10_4:
         assert colour_pixels(Path(drawn["screenshot"]), colour) > 50, colour
 
 

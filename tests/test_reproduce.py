@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.test_pipeline import BIN, IN_CI, NO_REAL_DATA, REAL_DATA, sh
+from tests.test_pipeline import BIN, IN_CI, NO_REAL_DATA, REAL_DATA, REAL_MNIST_C, sh
+
+NO_REAL_MNIST_C = "set NORMCMP_REAL_MNIST_C to a folder of MNIST-C's test split (<corruption>/test_images.npy, ...)"
 
 VARIANTS = ("bn_l1", "gn", "ln")
 LOCKS = ("dvc.lock", "studies/batch_size/dvc.lock")  # the study's stages run with wdir at the repository root
@@ -39,8 +41,9 @@ def test_every_committed_dependency_hash_and_size_is_the_checkouts(lock_file):
                     reason="runs in CI (CI=true) or with RUN_REPRODUCE=1: ~13 minutes on real MNIST")
 def test_a_fresh_clone_re_makes_the_committed_models_metrics_and_plots(tmp_path):
     assert REAL_DATA and (REAL_DATA / "train-images-idx3-ubyte.gz").is_file(), NO_REAL_DATA
+    assert REAL_MNIST_C and (REAL_MNIST_C / "identity" / "test_images.npy").is_file(), NO_REAL_MNIST_C
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NORMCMP_DATA_DIR": str(REAL_DATA),
-           "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+           "NORMCMP_MNIST_C_DIR": str(REAL_MNIST_C), "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(ROOT), str(clone), cwd=tmp_path, env=env)
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
