@@ -31,21 +31,21 @@ app = cli.app(__doc__.split("\n")[0])
 def score_corruptions(models: Mapping[str, nn.Module], sets: Mapping[str, Set], mean: float, std: float,
                       batch_size: int = 2000) -> list[dict]:
     """Accuracy in % (not rounded) of each series (`adapt.series`: each model, and each BatchNorm model again with
-    test statistics) on each set: rows of series, corruption and accuracy, in the order of `sets`."""
+    test statistics) on each set: rows of model (the series' label), corruption and accuracy, in the order of `sets`."""
     rows = []
     for label, (model, test) in adapt.series(models).items():
         for name, (images, labels) in sets.items():
             acc = adapt.accuracy(model, images, labels, mean, std, batch_size, test)
-            rows.append({"series": label, "corruption": name, "accuracy": acc})
+            rows.append({"model": label, "corruption": name, "accuracy": acc})
     return rows
 
 
 def mean_corruption_error(rows: Sequence[Mapping]) -> dict[str, float]:
     """Each series' mean corruption error in %: the mean over the 15 corruptions (identity excluded) of 100 minus the
     accuracy (Mu & Gilmer's mean test error; not normalized by a baseline model as ImageNet-C's mCE is)."""
-    accuracy = {(r["series"], r["corruption"]): r["accuracy"] for r in rows}
+    accuracy = {(r["model"], r["corruption"]): r["accuracy"] for r in rows}
     errors = {}
-    for series in dict.fromkeys(r["series"] for r in rows):
+    for series in dict.fromkeys(r["model"] for r in rows):
         lacking = [c for c in CORRUPTIONS if (series, c) not in accuracy]
         if lacking:
             raise ValueError(f"series {series!r} has no accuracy on {', '.join(lacking)}")
@@ -83,17 +83,17 @@ def main(
     summary: dict[str, dict] = {}
     for series, error in mce.items():
         summary[keys[series]] = {"mean_corruption_error": round(error, 2),
-                                 **{r["corruption"]: round(r["accuracy"], 2) for r in rows if r["series"] == series}}
+                                 **{r["corruption"]: round(r["accuracy"], 2) for r in rows if r["model"] == series}}
     write_json(metrics, summary)
     write_csv(plots, ["model", "corruption", "accuracy"],
-              [[r["series"], r["corruption"], round(r["accuracy"], 2)] for r in rows])
+              [[r["model"], r["corruption"], round(r["accuracy"], 2)] for r in rows])
     print(format_table(rows, mce))
     print(f"scored {len(mce)} series on {len(sets)} sets in {time.perf_counter() - start:.0f}s -> {metrics}, {plots}")
 
 
 def format_table(rows: Sequence[Mapping], mce: Mapping[str, float]) -> str:
     """Accuracy per set (rows) and series (columns), then each series' mean corruption error."""
-    acc = {(r["series"], r["corruption"]): r["accuracy"] for r in rows}
+    acc = {(r["model"], r["corruption"]): r["accuracy"] for r in rows}
     width = {s: max(9, len(s) + 2) for s in mce}
     lines = [f"{'set':<15}" + "".join(f"{s:>{width[s]}}" for s in mce)]
     for name in dict.fromkeys(r["corruption"] for r in rows):

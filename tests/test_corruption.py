@@ -42,7 +42,7 @@ def test_scores_and_mean_corruption_error_by_hand():
     sets = _sets({"identity": 4, "fog": 3, "zigzag": 1, "shear": 0})
     rows = score_corruptions({"first pixel": FirstPixel()}, sets, 0.0, 1 / 255, batch_size=3)
     acc = {r["corruption"]: r["accuracy"] for r in rows}
-    assert [r["series"] for r in rows] == ["first pixel"] * 16 and list(acc) == list(NAMES)  # no BN: one series
+    assert [r["model"] for r in rows] == ["first pixel"] * 16 and list(acc) == list(NAMES)  # no BN: one series
     assert acc["identity"] == 100 and acc["fog"] == 75 and acc["zigzag"] == 25 and acc["shear"] == 0
     assert acc["rotate"] == 100
     # Errors: fog 25, zigzag 75, shear 100, the other 12 corruptions 0; identity does not count.
@@ -50,9 +50,9 @@ def test_scores_and_mean_corruption_error_by_hand():
 
 
 def test_mean_corruption_error_on_given_accuracies():
-    rows = [{"series": "A", "corruption": "identity", "accuracy": 50.0}]
-    rows += [{"series": "A", "corruption": c, "accuracy": 90 + 0.5 * i} for i, c in enumerate(CORRUPTIONS)]
-    rows += [{"series": "B", "corruption": c, "accuracy": 99.0} for c in NAMES]
+    rows = [{"model": "A", "corruption": "identity", "accuracy": 50.0}]
+    rows += [{"model": "A", "corruption": c, "accuracy": 90 + 0.5 * i} for i, c in enumerate(CORRUPTIONS)]
+    rows += [{"model": "B", "corruption": c, "accuracy": 99.0} for c in NAMES]
     errors = mean_corruption_error(rows)
     assert list(errors) == ["A", "B"]
     assert errors["A"] == pytest.approx(6.5)  # mean of 10, 9.5, ..., 3: (10 + 3) / 2
@@ -66,9 +66,9 @@ def test_a_batchnorm_model_is_also_scored_with_each_sets_own_statistics():
     sets = {name: ((images.unsqueeze(1) // (i + 1)), labels.long()) for i, name in enumerate(NAMES[:3])}
     models = {"GN": _net("gn"), "BN": _net("bn")}
     rows = score_corruptions(models, sets, MEAN, STD, batch_size=10)
-    assert [(r["series"], r["corruption"]) for r in rows] == [
+    assert [(r["model"], r["corruption"]) for r in rows] == [
         (series, name) for series in ("GN", "BN", "BN (test statistics)") for name in NAMES[:3]]
-    acc = {(r["series"], r["corruption"]): r["accuracy"] for r in rows}
+    acc = {(r["model"], r["corruption"]): r["accuracy"] for r in rows}
     for name, (x, y) in sets.items():
         assert acc["BN", name] == score(predict(models["BN"], x, MEAN, STD), y)[1]
         adapted = with_test_statistics(models["BN"], x, MEAN, STD)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, write_mnist
+from tests.conftest import ROOT, write_mnist, write_mnist_c
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -34,6 +34,9 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # No dataset file here, so the notebook builds one from the IDX folder, as the download stage would.
     monkeypatch.setenv("NB_DATASET", str(tmp_path / "no-dataset.npz"))
     monkeypatch.setenv("NORMCMP_DATA_DIR", str(idx_dir))
+    monkeypatch.setenv("NB_MNIST_C", str(tmp_path / "no-mnist_c.npz"))  # so the folder is read, as the stage would
+    monkeypatch.setenv("NORMCMP_MNIST_C_DIR", str(tmp_path / "mnist_c"))
+    write_mnist_c(tmp_path / "mnist_c", n=40)
     monkeypatch.setenv("NB_EPOCHS", "1")
     monkeypatch.setenv("NB_DEVICE", "cpu")
     monkeypatch.setenv("NB_TRAIN_SUBSET", "256")  # two batches of params.yaml's 128
@@ -49,7 +52,7 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 6  # Graph 1, Graph 2, one misclassified grid per model and the shift panels
+    assert len(images) >= 7  # Graph 1, Graph 2, one misclassified grid per model, the shift panels, MNIST-C
 
     text = "\n".join(_texts(nb))
     assert "BatchNorm" in text and "4 means" in text and "8 means" in text  # the tiny-tensor demonstration
@@ -59,6 +62,7 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for finding in ("best test accuracy", "least overfitting", "most overfitting"):
         assert finding in text
     assert "contrast_unclipped" in text and "rotation" in text  # the shift table of src.shift.score_shifts
+    assert "BN + L1 (test statistics)" in text and "mean error" in text  # src.corruption's MNIST-C table
 
 
 def test_saved_notebook_shows_the_run_of_record() -> None:

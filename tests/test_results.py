@@ -28,3 +28,13 @@ def test_the_study_table_is_narrow_and_holds_its_metrics():
     errors = json.loads((ROOT / "studies" / "batch_size" / "metrics.json").read_text())
     row = next(line for line in text.splitlines() if line.startswith("2 "))
     assert row.split()[1:4] == [f"{errors['BN + L1']['2']['mean']:.2f}", "±", f"{errors['BN + L1']['2']['std']:.2f}"]
+
+
+def test_the_mnist_c_table_holds_every_set_and_each_mean_error(tmp_path):
+    scores = {"bn_l1": {"mean_corruption_error": 12.5, "identity": 99.5, "fog": 80.25},
+              "gn": {"mean_corruption_error": 7.0, "identity": 99.25, "fog": 90.0}}
+    (tmp_path / "mnist_c.json").write_text(json.dumps(scores))
+    lines = results.mnist_c(tmp_path / "mnist_c.json").splitlines()
+    assert lines[1].split() == ["MNIST-C", "set", "bn_l1", "gn"]
+    assert lines[2].split() == ["identity", "99.50", "99.25"] and lines[3].split() == ["fog", "80.25", "90.00"]
+    assert lines[4].split() == ["mean", "corruption", "error", "12.50", "7.00"]

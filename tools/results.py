@@ -1,6 +1,7 @@
 """The metrics of the last `dvc repro` as tables that fit 120 columns: what `make repro` and `make study` end with.
 
-    python -m tools.results            # the three models (metrics/<variant>.json, metrics/comparison.json)
+    python -m tools.results            # the three models (metrics/<variant>.json, metrics/comparison.json, and
+                                       # metrics/mnist_c.json: accuracy per MNIST-C set)
     python -m tools.results --study    # the batch-size study: test error (%) per batch size, mean ± std of the seeds
 
 `dvc metrics show` holds the same numbers with every key a column, wider than a terminal.
@@ -52,6 +53,16 @@ def models(variants: Sequence[str], folder: Path = METRICS) -> str:
             f"at least one model: {c['errors_in_any']}")
 
 
+def mnist_c(path: Path = METRICS / "mnist_c.json") -> str:
+    """Accuracy (%) per MNIST-C set (rows) and model (columns), then each model's mean corruption error."""
+    scores = _read(path)
+    series = list(scores)
+    sets = [name for name in scores[series[0]] if name != "mean_corruption_error"]
+    rows = [["MNIST-C set", *series], *([name, *(f"{scores[s][name]:.2f}" for s in series)] for name in sets)]
+    rows.append(["mean corruption error", *(f"{scores[s]['mean_corruption_error']:.2f}" for s in series)])
+    return f"MNIST-C: test accuracy (%) per set; the mean error over the 15 corruptions last\n{table(rows)}"
+
+
 def study(path: Path = STUDY) -> str:
     """Test error (%) per batch size (rows) and model (columns)."""
     errors = _read(path)
@@ -74,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     variants = yaml.safe_load(Path("params.yaml").read_text())["variants"]
     print(models(list(variants)))
+    if (METRICS / "mnist_c.json").is_file():
+        print(f"\n{mnist_c()}")
 
 
 if __name__ == "__main__":
