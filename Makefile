@@ -35,6 +35,20 @@ WRITEUP_RECIPE := -S model.arch=writeup -S train.batch_size=64 -S train.lr=0.015
 SEEDS ?= 2,3,4,5
 # The commit their experiments branch from, read at start: the table finds them there even if HEAD moves meanwhile.
 BASELINE := $(shell git rev-parse HEAD 2>/dev/null)
+# How `make seeds` and `make yardstick` run their experiments: RUNNER=dvc, DVC's queue, one at a time on this
+# machine; RUNNER=ray, `python -m tools.sweep` (docs/sweeps.md): one Ray task each, on a local cluster or, with
+# RAY_ARGS='--address HEAD_IP:6379', on several machines, e.g. `make seeds RUNNER=ray RAY_ARGS='--workers 2'`.
+RUNNER ?= dvc
+RAY_ARGS ?=
+ifeq ($(RUNNER),dvc)
+run_experiments = $(BIN)/dvc exp run --queue $(1) && $(BIN)/dvc exp run --run-all -j 1
+else ifeq ($(RUNNER),ray)
+run_experiments = $(BIN)/python -m tools.sweep $(1) $(RAY_ARGS)
+else
+$(error RUNNER is dvc or ray, not '$(RUNNER)')
+endif
+# Ray, a large package, only where it runs: the tests and RUNNER=ray.
+RUNNER_SETUP := $(if $(filter ray,$(RUNNER)),$(VENV)/.sweep-installed)
 
 .PHONY: setup repro test lint bench seeds yardstick study mutants clean
 
@@ -45,11 +59,15 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+$(VENV)/.sweep-installed: requirements-sweep.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-sweep.txt
+	touch $@
+
 repro: setup
 	$(BIN)/dvc repro
 	$(BIN)/python -m tools.results
 
-test: setup
+test: setup $(VENV)/.sweep-installed
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -60,17 +78,15 @@ bench: setup
 	$(BIN)/python -m benchmarks.throughput --precision exact --profile $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.throughput --precision fast --profile $(BENCH_ARGS)
 
-# One DVC experiment per seed of SEEDS, queued and run one after the other; then their rows merged into
-# results/seeds.csv (commit it) and the table of our recipe against the write-up's.
-seeds: setup
-	$(BIN)/dvc exp run --queue -S 'train.seed=$(SEEDS)'
-	$(BIN)/dvc exp run --run-all -j 1
+# One DVC experiment per seed of SEEDS, run by RUNNER (queued and run one after the other by default); then their
+# rows merged into results/seeds.csv (commit it) and the table of our recipe against the write-up's.
+seeds: setup $(RUNNER_SETUP)
+	$(call run_experiments,-S 'train.seed=$(SEEDS)')
 	$(BIN)/python -m tools.seed_table --save results/seeds.csv --rev $(BASELINE)
 
 yardstick: SEEDS = 1,2,3,4,5
-yardstick: setup
-	$(BIN)/dvc exp run --queue $(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)'
-	$(BIN)/dvc exp run --run-all -j 1
+yardstick: setup $(RUNNER_SETUP)
+	$(call run_experiments,$(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)')
 	$(BIN)/python -m tools.seed_table --save results/seeds.csv --rev $(BASELINE)
 
 # The batch-size study (studies/batch_size/dvc.yaml; about 22 minutes on 2 CPU cores), then its figure's numbers.

@@ -75,13 +75,11 @@ def with_test_statistics(model: nn.Module, images: torch.Tensor, mean: float, st
 
 
 def series(models: Mapping[str, nn.Module]) -> dict[str, tuple[nn.Module, bool]]:
-    """What to score, by label: each model with its own statistics, and each model with BatchNorm a second time,
-    right after it, with test statistics (`<label> (test statistics)`): label -> (model, test statistics?)."""
-    found = {}
-    for label, model in models.items():
-        found[label] = model, False
-        if has_batchnorm(model):
-            found[label + TEST_STATISTICS] = model, True
+    """What to score, by label: each model with its own statistics, then each model with BatchNorm a second time
+    with test statistics (`<label> (test statistics)`), after all the others, so that every model keeps its colour
+    of the other figures: label -> (model, test statistics?)."""
+    found = {label: (model, False) for label, model in models.items()}
+    found.update({label + TEST_STATISTICS: (model, True) for label, model in models.items() if has_batchnorm(model)})
     return found
 
 

@@ -30,7 +30,7 @@ app = cli.app(__doc__.split("\n")[0])
 
 def score_corruptions(models: Mapping[str, nn.Module], sets: Mapping[str, Set], mean: float, std: float,
                       batch_size: int = 2000) -> list[dict]:
-    """Accuracy in % (not rounded) of each series (`adapt.series`: each model, and each BatchNorm model again with
+    """Accuracy in % (not rounded) of each series (`adapt.series`: each model, then each BatchNorm model again with
     test statistics) on each set: rows of model (the series' label), corruption and accuracy, in the order of `sets`."""
     rows = []
     for label, (model, test) in adapt.series(models).items():

@@ -157,7 +157,7 @@ def draw_mnist_c(rows: Sequence[Mapping], title: str = "MNIST-C: test error per 
     ax.invert_yaxis()  # the clean set on top, the corruptions in the benchmark's order below
     ax.set(title=title, xlabel="test error (%)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(title="model", loc="lower right", fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), title="model", loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
 

@@ -131,8 +131,9 @@ def main(
     write_csv(plots, ["model", "shift", "severity", "accuracy"],
               [[r["model"], KINDS[r["shift"]].title, r["severity"], r["accuracy"]] for r in rows])
     print(format_table(rows, list(dict.fromkeys(r["model"] for r in rows))))
-    print(f"scored {len(nets)} models on {len(rows) // len(nets)} test sets in {time.perf_counter() - start:.0f}s "
-          f"-> {metrics}, {plots}")
+    series = len({r["model"] for r in rows})
+    print(f"scored {len(nets)} models ({series} series) on {len(rows) // series} test sets in "
+          f"{time.perf_counter() - start:.0f}s -> {metrics}, {plots}")
 
 
 def format_table(rows: Sequence[Mapping], labels: Sequence[str]) -> str:

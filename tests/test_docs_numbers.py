@@ -130,3 +130,32 @@ def test_the_seed_tables_are_results_seeds_csv(label):
         assert readme[label][1] == mean_std(writeup.values())
         assert readme[label][2].startswith(f"{diff:+.2f}, p = {p:.3f}".replace("-", "−"))
         assert yardstick[label][2] == readme[label][2]
+
+
+def test_the_spread_of_the_three_means_is_what_results_md_says():
+    """docs/results.md: "The three means span X points, about one standard deviation of a single seed (A–B)"."""
+    span, low, high = one(r"three means span ([\d.]+) points, about one standard deviation of a\s+single seed "
+                          r"\(([\d.]+)–([\d.]+)\)", RESULTS)
+    runs = [r for r in read_seeds(ROOT / "results" / "seeds.csv") if r["recipe"] == "ours"]
+    by = {v: [float(r["test_acc"]) for r in runs if r["variant"] == v] for v in LABELS.values()}
+    means = [statistics.mean(a) for a in by.values()]
+    stds = [statistics.stdev(a) for a in by.values()]
+    assert f"{max(means) - min(means):.2f}" == span
+    assert (f"{min(stds):.2f}", f"{max(stds):.2f}") == (low, high)
+    assert 0.8 < (max(means) - min(means)) / statistics.mean(stds) < 1.25  # "about one" standard deviation
+
+
+def test_the_mnist_c_numbers_in_the_readme_and_docs_are_metrics():
+    scores = json.loads((ROOT / "metrics" / "mnist_c.json").read_text())
+    page = (ROOT / "docs" / "mnist_c.md").read_text()
+    rows = table_rows(page, "| MNIST-C set |")
+    series = ["bn_l1", "bn_l1_test_statistics", "gn", "ln"]
+    assert [row[0] for row in rows] == [*(n.replace("_", " ") for n in scores["bn_l1"] if n != "mean_corruption_error"),
+                                        "mean corruption error"]
+    for row in rows:
+        key = "mean_corruption_error" if row[0] == "mean corruption error" else row[0].replace(" ", "_")
+        assert row[1:] == [f"{scores[s][key]:.2f}" for s in series], row[0]
+    mce = {s: f"{scores[s]['mean_corruption_error']:.2f}" for s in series}
+    readme = one(r"mean corruption errors? (?:are )?BN \+ L1 ([\d.]+)%?, BN \+ L1 with test statistics ([\d.]+)%?, "
+                 r"GN ([\d.]+)%?, LN ([\d.]+)", README)
+    assert readme == tuple(mce[s] for s in series)

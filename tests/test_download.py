@@ -145,3 +145,38 @@ def test_real_fashion_mnist_one_epoch(tmp_path):
         assert [row["class"] for row in csv.DictReader(f)] == FASHION
     items = json.loads((repo / "plots" / "misclassified" / "gn.json").read_text())
     assert all(i["true"] in FASHION and i["predicted"] in FASHION for i in items)
+
+
+# --- the data of record -------------------------------------------------------------------------
+
+def test_data_md5_is_the_md5_of_the_four_arrays_in_order():
+    arrays = {"train_images": np.zeros((1, 2, 2), np.uint8), "train_labels": np.array([3], np.uint8),
+              "test_images": np.full((1, 2, 2), 255, np.uint8), "test_labels": np.array([7], np.uint8)}
+    import hashlib
+
+    assert download.data_md5(arrays) == hashlib.md5(bytes([0] * 4 + [3] + [255] * 4 + [7])).hexdigest()
+
+
+def test_other_files_than_the_data_of_record_are_named_in_one_note_not_refused(workdir, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("NORMCMP_DATA_DIR", str(write_mnist(tmp_path / "mnist")))
+    assert cli.run(download.app, ["--out", "out.npz", "--stats-out", "stats.json"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "MNIST files are not the data of record" in notes[0] and Path("out.npz").is_file()
+    from src.data import load_data
+
+    data = load_data("out.npz")  # the same files recorded as the data of record: no note
+    arrays = {k: getattr(data, k).squeeze(1).numpy() if k.endswith("images") else getattr(data, k).numpy()
+              .astype(np.uint8) for k in ("train_images", "train_labels", "test_images", "test_labels")}
+    monkeypatch.setitem(download.RECORD, "mnist", download.data_md5(arrays))
+    assert cli.run(download.app, ["--out", "out.npz", "--stats-out", "stats.json"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not IN_CI and not os.environ.get("RUN_REAL_DATA"), reason="runs in CI (CI=true) or with "
+                    "RUN_REAL_DATA=1: reads the real MNIST files")
+def test_the_real_files_of_ci_are_the_data_of_record(workdir, capsys, monkeypatch):
+    assert REAL_DATA and (REAL_DATA / FILES["train_images"]).is_file()
+    monkeypatch.setenv("NORMCMP_DATA_DIR", str(REAL_DATA))
+    assert cli.run(download.app, ["--out", "out.npz", "--stats-out", "stats.json"]) == 0
+    assert "note:" not in capsys.readouterr().err

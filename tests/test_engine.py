@@ -282,3 +282,30 @@ def test_the_training_loss_is_label_smoothed_cross_entropy_computed_by_hand():
         nll = [log_z - v for v in row]
         by_hand += (0.8 * nll[y] + 0.2 * sum(nll) / len(nll)) / len(labels)
     assert loss == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_gradients_are_clipped_to_the_global_norm_the_setting_names():
+    """After a step, the gradients' global norm is `train.grad_clip` (the raw one is far above it)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(10, 10)), torch.nn.Parameter(torch.randn(10))]
+    for clip in (0.5, 2.0):
+        cfg = train_cfg(grad_clip=clip, label_smoothing=0.0)
+        opt, sched = engine.make_optimizer(params, cfg, total_steps=10)
+        logits = (torch.randn(8, 10) @ params[0] + params[1]) * 100  # a large loss gradient
+        engine.train_step(logits, torch.arange(8), params, opt, sched, cfg)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        assert norm.item() == pytest.approx(clip, rel=1e-5)
+
+
+@pytest.mark.parametrize("pct_start", [0.2, 0.45])
+def test_the_learning_rate_peaks_at_the_end_of_the_warm_up_that_pct_start_names(pct_start):
+    """OneCycleLR reaches the peak `train.lr` after pct_start * steps - 1 steps, from lr / 25."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt, sched = engine.make_optimizer(params, train_cfg(lr=0.1, pct_start=pct_start), total_steps=200)
+    lrs = []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(range(200), key=lrs.__getitem__) == round(pct_start * 200) - 1
+    assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == pytest.approx(0.1)

@@ -54,3 +54,43 @@ def test_per_class_accuracy_is_recall_not_precision():
     labels = torch.tensor([0, 0, 0, 1])
     pred = torch.tensor([0, 1, 1, 1])
     assert per_class_accuracy(pred, labels, 2) == pytest.approx([100 / 3, 100.0])
+
+
+class FirstPixels(torch.nn.Module):
+    """Returns the first 10 values of its (standardized) input: what `predict` feeds a model, made visible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # predict finds the device through the parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10]
+
+
+def test_predict_standardizes_by_hand_pixel_over_255_minus_mean_over_std():
+    images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    images[0, 0, 0, :3] = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    logits = predict(FirstPixels(), images, mean=0.1, std=0.4, channels_last=False)
+    # (0 / 255 - 0.1) / 0.4 = -0.25, (51 / 255 - 0.1) / 0.4 = 0.25, (255 / 255 - 0.1) / 0.4 = 2.25
+    torch.testing.assert_close(logits[0, :3], torch.tensor([-0.25, 0.25, 2.25]))
+    torch.testing.assert_close(logits[1], torch.full((10,), -0.25))
+
+
+def test_the_gap_is_train_minus_test_accuracy(workdir, monkeypatch):
+    """metrics/<variant>.json's gap from a known train (99.25) and test (97.5) accuracy: +1.75, not -1.75."""
+    import json
+    from pathlib import Path
+
+    from src import cli, evaluate, train
+
+    for v in ("bn_l1", "gn", "ln"):
+        assert cli.run(train.app, [v, "--no-progress"]) == 0
+
+    def known(*args, **kwargs) -> dict:
+        return {**score_model(*args, **kwargs), "train_acc": 99.25, "test_acc": 97.5}
+
+    monkeypatch.setattr(evaluate, "score_model", known)
+    assert cli.run(evaluate.app, []) == 0
+    for v in ("bn_l1", "gn", "ln"):
+        m = json.loads(Path(f"metrics/{v}.json").read_text())
+        assert (m["train_acc"], m["test_acc"], m["gap"]) == (99.25, 97.5, 1.75)

@@ -116,7 +116,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     images = ["test_loss", "test_accuracy", "shift", "mnist_c", "misclassified_bn_l1", "misclassified_gn",
               "misclassified_ln"]
     mnist_c = files["metrics/mnist_c.json"]["data"]
-    assert list(mnist_c) == ["bn_l1", "bn_l1_test_statistics", "gn", "ln"]
+    assert list(mnist_c) == ["bn_l1", "gn", "ln", "bn_l1_test_statistics"]
     assert all(len(scores) == 17 and "mean_corruption_error" in scores for scores in mnist_c.values())
     for name in images:
         png = repo / "plots" / "images" / f"{name}.png"
