@@ -156,6 +156,14 @@ def test_the_mnist_c_numbers_in_the_readme_and_docs_are_metrics():
         key = "mean_corruption_error" if row[0] == "mean corruption error" else row[0].replace(" ", "_")
         assert row[1:] == [f"{scores[s][key]:.2f}" for s in series], row[0]
     mce = {s: f"{scores[s]['mean_corruption_error']:.2f}" for s in series}
-    readme = one(r"mean corruption errors? (?:are )?BN \+ L1 ([\d.]+)%?, BN \+ L1 with test statistics ([\d.]+)%?, "
-                 r"GN ([\d.]+)%?, LN ([\d.]+)", README)
+    readme = one(r"mean corruption errors\s+are\s+BN \+ L1 ([\d.]+)%,\s+BN \+ L1 with test\s+statistics ([\d.]+)%,"
+                 r"\s+GN ([\d.]+)%,\s+LN ([\d.]+)%", README)
     assert readme == tuple(mce[s] for s in series)
+
+
+def test_the_count_of_shifted_copies_is_params_yaml_s():
+    """README and docs/shift.md: "scores each model on N transformed copies": the severities params.yaml lists."""
+    shift = yaml.safe_load((ROOT / "params.yaml").read_text())["shift"]
+    copies = sum(len(v) for k, v in shift.items() if k != "seed")
+    for text in (README, (ROOT / "docs" / "shift.md").read_text()):
+        assert one(r"scores each model on (\d+) transformed\s+copies", text) == (str(copies),)
