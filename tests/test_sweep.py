@@ -24,7 +24,7 @@ import pytest
 from src.checkpoint import load_checkpoint
 from tests.conftest import ROOT, tiny_params, write_mnist
 from tests.test_pipeline import make_repo, sh
-from tools import sweep
+from tools import seed_table, sweep
 
 # Ray without the network: no usage statistics, no dashboard (tools.sweep starts it with include_dashboard=False).
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
@@ -114,6 +114,9 @@ def test_a_sweep_on_a_local_ray_cluster_comes_back_to_the_users_clone(tmp_path, 
         assert data["params"]["params.yaml"]["data"]["train"]["seed"] == seed
         for v in VARIANTS:
             assert 0 <= data["metrics"][f"metrics/{v}.json"]["data"]["test_acc"] <= 100
+    # The seed table reads them as it reads a local sweep: one run per seed, the three variants' metrics each.
+    table = seed_table.runs(json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env)))
+    assert sorted(r["seed"] for r in table) == [2, 3] and all(set(r["metrics"]) == set(VARIANTS) for r in table)
     remote_refs = sh("git", "ls-remote", str(tmp_path / "origin.git"), cwd=repo, env=env)
     assert all(f"refs/exps/{commit[:2]}/{commit[2:]}/{name}" in remote_refs for name in names.values())
 

@@ -73,11 +73,11 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
             group = (get_key(params, "download.dataset", None) or "mnist",
                      f"validation ({held} held out)" if held else "test",
                      *(f"{key}={group_value(params, key)}" for key in by))
-            # metrics/<variant>.json of the evaluate stage; not its comparison, nor other pipelines' metrics (the
-            # batch-size study's), which DVC gathers too.
+            # metrics/<variant>.json of the evaluate stage, for the run's variants; not the comparison, the shift or
+            # MNIST-C scores, nor other pipelines' metrics (the batch-size study's), which DVC gathers too.
+            scores = ("metrics/comparison.json", "metrics/shift.json", "metrics/mnist_c.json")
             per_variant = {path.removeprefix("metrics/").removesuffix(".json"): f["data"] for path, f in files.items()
-                           if "data" in f and path.startswith("metrics/")
-                           and path not in ("metrics/comparison.json", "metrics/shift.json")}
+                           if "data" in f and path.startswith("metrics/") and path not in scores}
             seen = [(r["seed"], r["group"], r["metrics"]) for r in found]
             if per_variant and run.get("rev") != "workspace" and (seed, group, per_variant) not in seen:
                 found.append({"name": run.get("name") or run["rev"][:7], "seed": seed, "group": group,
