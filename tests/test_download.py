@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from src import cli, download, evaluate, plot, shift, train
+from src import cli, corruption, download, evaluate, mnist_c, plot, shift, train
 from src.data import FILES, IMAGE_MAGIC
-from tests.conftest import synthetic_split, tiny_params, write_idx, write_mnist
+from tests.conftest import synthetic_split, tiny_params, write_idx, write_mnist, write_mnist_c
 from tests.test_pipeline import IN_CI, REAL_DATA, make_repo, sh
 
 FASHION = download.DATASETS["fashion-mnist"].classes
@@ -104,6 +104,9 @@ def test_fashion_class_names_reach_every_output(workdir, tmp_path, capsys, monke
         assert cli.run(train.app, [v, "--no-progress"]) == 0
     assert cli.run(evaluate.app, []) == 0
     assert cli.run(shift.app, []) == 0
+    write_mnist_c(tmp_path / "mnist_c", n=20)
+    monkeypatch.setenv("NORMCMP_MNIST_C_DIR", str(tmp_path / "mnist_c"))
+    assert cli.run(mnist_c.app, []) == 0 and cli.run(corruption.app, []) == 0
     figures = {}
     monkeypatch.setattr(plot, "save_figure", lambda fig, path, dpi: figures.setdefault(path.name, fig))
     assert cli.run(plot.app, []) == 0

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
-from src import cli, download, evaluate, plot, shift, train
+from src import cli, corruption, download, evaluate, mnist_c, plot, shift, train
 from src.data import FILES
 from src.evaluate import CURVES
-from tests.conftest import tiny_params, write_mnist
+from tests.conftest import tiny_params, write_mnist, write_mnist_c
 
-STAGES = {"download": download, "train": train, "evaluate": evaluate, "shift": shift, "plot": plot}
+STAGES = {"download": download, "train": train, "evaluate": evaluate, "shift": shift, "download_mnist_c": mnist_c,
+          "mnist_c": corruption, "plot": plot}
 VARIANTS = ("bn_l1", "gn", "ln")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -47,15 +48,18 @@ def one_error(err: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Iterator[Path]:
-    """A folder holding the outputs of all seven stages (two epochs on synthetic data) and the four IDX files."""
+    """A folder holding the outputs of all nine stages (two epochs on synthetic data), the four IDX files and a
+    small MNIST-C folder."""
     root = tmp_path_factory.mktemp("workspace")
     write_mnist(root / "mnist")
+    write_mnist_c(root / "mnist_c", n=20)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=2)))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("NORMCMP_DATA_DIR", str(root / "mnist"))
+        mp.setenv("NORMCMP_MNIST_C_DIR", str(root / "mnist_c"))
         for stage, *argv in [("download",), *[("train", v, "--no-progress") for v in VARIANTS],
-                             ("evaluate",), ("shift",), ("plot",)]:
+                             ("evaluate",), ("shift",), ("download_mnist_c",), ("mnist_c",), ("plot",)]:
             assert run(stage, *argv) == 0, stage
         yield root
 
@@ -64,6 +68,7 @@ def workspace(tmp_path_factory) -> Iterator[Path]:
 def in_workspace(workspace, monkeypatch) -> Path:
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("NORMCMP_DATA_DIR", str(workspace / "mnist"))
+    monkeypatch.setenv("NORMCMP_MNIST_C_DIR", str(workspace / "mnist_c"))
     return workspace
 
 
@@ -83,6 +88,8 @@ INPUTS = [
     *((f"plots/misclassified/{v}.json", "plot", "evaluate") for v in VARIANTS),
     ("models/gn.pt", "shift", "train_gn"),
     ("plots/shift.csv", "plot", "shift"),
+    ("data/mnist_c.npz", "mnist_c", "download_mnist_c"),
+    ("plots/mnist_c.csv", "plot", "mnist_c"),
 ]
 DAMAGES = ["empty", "first byte", "ten bytes", "half", "last byte missing", "random bytes", "another file"]
 
@@ -200,9 +207,12 @@ def test_output_folders_are_replaced_whole_so_no_stale_file_stays(in_workspace, 
         stale.write_text("from a variant that is gone")
     assert run("evaluate", "--plots", str(plots), "--metrics", str(tmp_path / "metrics")) == 0
     assert run("shift", "--plots", str(plots / "shift.csv"), "--metrics", str(tmp_path / "metrics" / "shift.json")) == 0
+    assert run("mnist_c", "--plots", str(plots / "mnist_c.csv"),
+               "--metrics", str(tmp_path / "metrics" / "mnist_c.json")) == 0
     assert run("plot", "--plots", str(plots), "--out", str(out)) == 0
     assert sorted(p.name for p in (plots / "confusion").iterdir()) == [f"{v}.csv" for v in VARIANTS]
     assert sorted(p.name for p in (plots / "misclassified").iterdir()) == [f"{v}.json" for v in VARIANTS]
     assert not (plots / "curves" / "x.csv").exists() and (plots / "curves" / "test_acc.csv").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["test_loss.png", "test_accuracy.png", "shift.png", *(f"misclassified_{v}.png" for v in VARIANTS)])
+        ["test_loss.png", "test_accuracy.png", "shift.png", "mnist_c.png",
+         *(f"misclassified_{v}.png" for v in VARIANTS)])

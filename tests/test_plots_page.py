@@ -251,4 +251,4 @@ def test_screenshot_page_keeps_the_charts_and_drops_the_png_figures(browser, pro
     page = offline_page(tmp_path / "html" / "index.html")
     assert "file://" in page.read_text() and "cdn.jsdelivr.net" not in page.read_text()
     html = charts_only(page).read_text()
-    assert "<img" not in html and html.count("vegaEmbed(") == 8 and html.rstrip().endswith("</html>")
+    assert "<img" not in html and html.count("vegaEmbed(") == 9 and html.rstrip().endswith("</html>")
