@@ -35,22 +35,25 @@ def augment(
     rotation: float,
     brightness: float,
     contrast: float,
+    rows: slice = slice(None),
 ) -> torch.Tensor:
     """Randomly jitter brightness and contrast, then rotate; uint8 (B, 1, H, W) -> float in [0, 1].
 
     Brightness scales pixels by U(1-b, 1+b) and contrast blends each image with its
     mean grey by U(1-c, 1+c), as torchvision's ColorJitter does; rotation is
     U(-r, r) degrees about the centre with a black fill (torchvision's RandomRotation), bilinear.
+    With `rows`, only those images come out, transformed as in the whole batch (a data-parallel process's share):
+    the draws are the whole batch's either way.
     """
-    x = images.float() / 255.0  # (B, 1, H, W)
-    b, device = x.shape[0], x.device
+    x = images[rows].float() / 255.0  # (B, 1, H, W)
+    n, b, device = len(images), x.shape[0], x.device
     if brightness:
-        x = (x * (1 + _uniform(b, brightness, gen, device)).view(b, 1, 1, 1)).clamp_(0, 1)
+        x = (x * (1 + _uniform(n, brightness, gen, device)[rows]).view(b, 1, 1, 1)).clamp_(0, 1)
     if contrast:
         grey = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - grey) * (1 + _uniform(b, contrast, gen, device)).view(b, 1, 1, 1) + grey).clamp_(0, 1)
+        x = ((x - grey) * (1 + _uniform(n, contrast, gen, device)[rows]).view(b, 1, 1, 1) + grey).clamp_(0, 1)
     if rotation:
-        grid = rotation_grid(_uniform(b, math.radians(rotation), gen, device), x.shape[-2], x.shape[-1])
+        grid = rotation_grid(_uniform(n, math.radians(rotation), gen, device)[rows], x.shape[-2], x.shape[-1])
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return x
 

@@ -95,6 +95,11 @@ GnGroups = Annotated[int, Field(ge=1, description="GroupNorm groups, gn only (mu
 L1 = Annotated[float, Field(ge=0, description="L1 factor, bn only (0 = off)")]
 L1TensorMean = Annotated[bool, Field(description="the L1 term, bn only: false = sum of all |w|; "
                                                  "true = sum of each tensor's mean |w| (the write-up's)")]
+BnImages = Annotated[int, Field(ge=0, description="BatchNorm's training statistics over groups of this many images "
+                                                 "of each process's batch, bn only (0 = the whole batch): one process "
+                                                 "computing what batch / bn_images devices do with local BatchNorm")]
+SyncBn = Annotated[bool, Field(description="SyncBatchNorm: statistics over the whole batch of all processes, bn only "
+                                           "(CUDA devices only)")]
 PrecisionSetting = _choice(Precision, "exact: float32, the same bits on every x86-64 CPU; "
                                       "fast: bfloat16 and layouts per CPU (faster, CPU-dependent)")
 # A model of another norm than gn records this many groups, which it does not use (the model files' format).
@@ -114,6 +119,7 @@ class ModelConfig(Settings):
     arch: _choice(Arch, "default, or writeup: the write-up's fixed 8,880-parameter network "
                         "(the other model settings do not apply)")
     gn_groups: GnGroups
+    bn_images: BnImages
     width: Annotated[int, Field(ge=4, description="channels of the wide 3x3 convolutions")]
     dropout: Annotated[float, Field(ge=0, lt=1, description="Dropout2d rate after each block")]
     weight_std: Annotated[bool, Field(description="weight standardization of the convolutions "
@@ -147,6 +153,9 @@ class TrainConfig(Settings):
     pct_start: Annotated[float, Field(gt=0, lt=1, description="fraction of the steps spent warming up")]
     l1: L1
     l1_tensor_mean: L1TensorMean
+    sync_bn: SyncBn
+    processes: Annotated[int, Field(ge=1, description="data-parallel processes (DistributedDataParallel), each "
+                                                      "training on batch_size / processes images of every step")]
     seed: Annotated[int, Field(ge=0, description="seed of the weights, the order and the augmentation")]
     rotation: Annotated[float, Field(ge=0, le=180, description="random rotation, +- degrees")]
     brightness: Annotated[float, Field(ge=0, lt=1, description="brightness jitter, +- fraction")]
@@ -200,6 +209,8 @@ class Variant(Settings):
     gn_groups: GnGroups = UNUSED_GN_GROUPS
     l1: L1 = 0.0
     l1_tensor_mean: L1TensorMean = False
+    bn_images: BnImages = 0
+    sync_bn: SyncBn = False
 
     @model_validator(mode="after")
     def _norm_only(self) -> Variant:
@@ -210,7 +221,7 @@ class Variant(Settings):
 
 
 # The keys of a `variants` entry that only one norm reads: key -> that norm.
-NORM_ONLY = {"gn_groups": "gn", "l1": "bn", "l1_tensor_mean": "bn"}
+NORM_ONLY = {"gn_groups": "gn", "l1": "bn", "l1_tensor_mean": "bn", "bn_images": "bn", "sync_bn": "bn"}
 
 
 class Download(Settings):
@@ -251,31 +262,36 @@ class Shift(Settings):
 
 
 class Plot(Settings):
-    """`plot`: the figures of the main pipeline and of the batch-size study."""
+    """`plot`: the figures of the main pipeline and of the per-device study."""
 
     dpi: Annotated[int, Field(ge=20, description="resolution of the PNG figures")]
 
 
-class BatchStudy(Settings):
-    """`batch_study`: the batch-size study (studies/batch_size)."""
+class PerDevice(Settings):
+    """`per_device`: the per-device study (studies/per_device): BatchNorm's test error against the images each of
+    the devices that share the batch normalizes over."""
 
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, description="the batch sizes "
-                                                                    "(the learning rate scaled with each)")]
+    variant: Annotated[str, Field(description="the BatchNorm variant studied (a key of variants)")]
+    images: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, description="images per device: the "
+                                                               "variant's bn_images at each point")]
     seeds: Annotated[list[int], Field(min_length=1, description="the seeds of each point")]
-    epochs: Annotated[int, Field(ge=1, description="epochs at every batch size")]
-    train_images: Annotated[int, Field(ge=1, description="train on the first N training images")]
+    processes: Annotated[int, Field(ge=2, description="real data-parallel processes of the ddp points")]
+    threads: Annotated[int, Field(ge=1, description="CPU threads of each of those processes (processes x threads "
+                                                    "at most the cores)")]
+    ddp: Annotated[list[str], Field(description="variants also trained as that many DDP processes")]
+    ddp_seeds: Annotated[list[int], Field(description="the seeds of the ddp points")]
 
 
 # Each section of params.yaml: the settings classes its keys belong to, and the fields those classes take from
 # elsewhere (a variant's norm, groups and L1), which the section must not set.
 SECTIONS: dict[str, tuple[tuple[type[Settings], ...], tuple[str, ...]]] = {
     "download": ((Download,), ()),
-    "model": ((ModelConfig,), ("norm", "gn_groups")),
-    "train": ((TrainConfig, Compute), ("l1", "l1_tensor_mean")),
+    "model": ((ModelConfig,), ("norm", "gn_groups", "bn_images")),
+    "train": ((TrainConfig, Compute), ("l1", "l1_tensor_mean", "sync_bn")),
     "variants.<name>": ((Variant,), ()),
     "evaluate": ((Evaluate,), ()),
     "shift": ((Shift,), ()),
-    "batch_study": ((BatchStudy,), ()),
+    "per_device": ((PerDevice,), ()),
     "plot": ((Plot,), ()),
 }
 
@@ -446,11 +462,28 @@ def compute(params: Mapping[str, Any]) -> Compute:
 def run(params: Mapping[str, Any], name: str) -> Run:
     """Variant `name`'s run: `model` and `train` plus the variant's own settings."""
     spec = variant(params, name)
-    model = section(params, "model", ModelConfig, given={"norm": spec.norm, "gn_groups": spec.gn_groups},
-                    given_from=f"variants.{name}")
-    train = section(params, "train", TrainConfig, skip=("device", "threads"),
-                    given={"l1": spec.l1, "l1_tensor_mean": spec.l1_tensor_mean}, given_from=f"variants.{name}")
+    model = section(params, "model", ModelConfig, given_from=f"variants.{name}",
+                    given={"norm": spec.norm, "gn_groups": spec.gn_groups, "bn_images": spec.bn_images})
+    train = section(params, "train", TrainConfig, skip=("device", "threads"), given_from=f"variants.{name}",
+                    given={"l1": spec.l1, "l1_tensor_mean": spec.l1_tensor_mean, "sync_bn": spec.sync_bn})
+    check_shares(name, model, train)
     return Run(name, spec.label, model, train, compute(params))
+
+
+def check_shares(name: str, model: ModelConfig, train: TrainConfig) -> None:
+    """The rules that join the sections: the batch splits evenly over the processes and each share into groups of
+    `bn_images`, which SyncBatchNorm would undo."""
+    if train.batch_size % train.processes:
+        raise UserError(f"params.yaml: train.processes = {train.processes} does not divide train.batch_size = "
+                        f"{train.batch_size}", hint="every process takes an equal share of each batch")
+    share = train.batch_size // train.processes
+    if model.bn_images and share % model.bn_images:
+        raise UserError(f"params.yaml: variants.{name}.bn_images = {model.bn_images} does not divide the {share} "
+                        f"images per process and step (train.batch_size / train.processes)",
+                        hint="choose a divisor of it, or 0 for the whole batch")
+    if model.bn_images and train.sync_bn:
+        raise UserError(f"params.yaml: variants.{name} sets both bn_images and sync_bn",
+                        hint="bn_images splits BatchNorm's statistics, sync_bn joins them: keep one")
 
 
 def describe(names: tuple[str, ...] = tuple(SECTIONS)) -> list[tuple[str, str, str]]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from src import parallel
 from src.augment import normalize
 from src.config import ModelConfig, Precision, TrainConfig
 from src.data import Data
@@ -162,21 +163,28 @@ def fit(
     (src/loader.py: the tensor path drops the last partial batch, the write-up's
     keeps it), then scores the un-augmented test set, or with `cfg.validation`
     the held-out end of the training set (`Data.holdout`).
+
+    In a data-parallel process group (src/parallel.py) every process trains its share of each batch and the
+    epoch's train loss and accuracy are the whole batch's; rank 0 alone scores the test set (the others' rows
+    have no test scores) and shows progress.
     """
     data = data.holdout(cfg.validation)
     n = len(data.train_images)
     if n // cfg.batch_size == 0:
         raise ConfigError(f"train.batch_size = {cfg.batch_size} exceeds the {n} training images")
-    torch.manual_seed(cfg.seed)  # dropout; on the torchvision path also the order and the augmentation
-    np.random.seed(cfg.seed)  # (the write-up's seeding)
+    rank, processes = parallel.share()
+    progress = progress and rank == 0
+    torch.manual_seed(cfg.seed + rank)  # dropout (its own masks in each process); on the torchvision path also
+    np.random.seed(cfg.seed)  # the order and the augmentation (the write-up's seeding)
     mean, std = input_stats(cfg.loader, data)
     model.to(device)
     how = plan(cfg.precision, model.cfg.norm, device)  # layout and bf16: src/speed.py
     # How often the host reads the losses back (a sync on the GPU) to check them and update the bar.
     check_every = 10 if device.type == "cpu" else 50
     history = []
-    steps, epoch_batches = batches(data, cfg, device, how.memory_format)
+    steps, epoch_batches = batches(data, cfg, device, how.memory_format, (rank, processes))
     with how.applied(model):
+        net = parallel.wrap(model, device, cfg.sync_bn)
         params = list(model.parameters())
         opt, sched = make_optimizer(params, cfg, cfg.epochs * steps)
         for epoch in range(1, cfg.epochs + 1):
@@ -192,7 +200,7 @@ def fit(
                 for step, (x, y) in enumerate(bar):
                     seen += len(y)
                     with how.autocast(device):
-                        logits = model(x)
+                        logits = net(x)
                     loss = train_step(logits, y, params, opt, sched, cfg)
                     losses[step] = loss.detach()
                     correct += (logits.argmax(1) == y).sum()
@@ -203,10 +211,11 @@ def fit(
                             bar.set_postfix(loss=f"{losses[:checked].mean().item():.4f}", refresh=False)
             bar.close()
             train_seconds = time.perf_counter() - start
-            test_loss, test_acc = score(predict(model, data.test_images, mean, std), data.test_labels)
+            test_loss, test_acc = (score(predict(model, data.test_images, mean, std), data.test_labels)
+                                   if rank == 0 else (float("nan"), float("nan")))
             row = {
-                "epoch": epoch, "train_loss": losses.mean().item(),
-                "train_acc": correct.item() * 100.0 / seen,
+                "epoch": epoch, "train_loss": (parallel.total(losses.mean()) / processes).item(),
+                "train_acc": parallel.total(correct).item() * 100.0 / (seen * processes),
                 "test_loss": test_loss, "test_acc": test_acc, "lr": sched.get_last_lr()[0],
                 "epoch_seconds": train_seconds, "eval_seconds": time.perf_counter() - start - train_seconds,
             }

@@ -23,6 +23,7 @@ from torchvision.datasets.vision import VisionDataset
 from src.augment import augment, standardize
 from src.config import Loader, TrainConfig
 from src.data import Data
+from src.errors import ConfigError
 
 # The write-up's `Normalize((0.1307,), (0.3081,))`: the original MNIST training set's pixel mean and std.
 WRITEUP_MEAN, WRITEUP_STD = 0.1307, 0.3081
@@ -40,29 +41,38 @@ def input_stats(loader: Loader | str, data: Data) -> tuple[float, float]:
     return data.mean, data.std
 
 
-def batches(data: Data, cfg: TrainConfig, device: torch.device,
-            memory_format: torch.memory_format) -> tuple[int, Batches]:
+def batches(data: Data, cfg: TrainConfig, device: torch.device, memory_format: torch.memory_format,
+            share: tuple[int, int] = (0, 1)) -> tuple[int, Batches]:
     """Steps per epoch and the epochs of `cfg.loader`'s path, on `device` in `memory_format`: the tensor path
-    draws from its own generator seeded with `cfg.seed`, the write-up's from torch's global one."""
+    draws from its own generator seeded with `cfg.seed`, the write-up's from torch's global one. `share` is
+    (rank, processes) of a data-parallel run: each process gets its slice of every batch (tensor path only)."""
     if Loader(cfg.loader) == Loader.torchvision:
+        if share[1] > 1:
+            raise ConfigError("train.processes > 1 needs train.loader = tensors (the write-up's path runs in "
+                              "one process)")
         return torchvision_batches(data, cfg, device, memory_format)
-    return tensor_batches(data, cfg, torch.Generator(device=device).manual_seed(cfg.seed), memory_format)
+    return tensor_batches(data, cfg, torch.Generator(device=device).manual_seed(cfg.seed), memory_format, share)
 
 
-def tensor_batches(data: Data, cfg: TrainConfig, gen: torch.Generator,
-                   memory_format: torch.memory_format) -> tuple[int, Batches]:
+def tensor_batches(data: Data, cfg: TrainConfig, gen: torch.Generator, memory_format: torch.memory_format,
+                   share: tuple[int, int] = (0, 1)) -> tuple[int, Batches]:
     """Steps per epoch and the epochs of the tensor path: a fresh order from `gen` each epoch, the last partial
-    batch dropped, each batch augmented with draws from `gen`."""
+    batch dropped, each batch augmented with draws from `gen`. Every process of a data-parallel run draws the
+    same batches and keeps rows `rank * batch_size / processes` onwards of each (`share` = (rank, processes)):
+    together the processes train on what one process would."""
     n = len(data.train_images)
     steps = n // cfg.batch_size
     mean, std = input_stats(Loader.tensors, data)
+    rank, processes = share
+    part = cfg.batch_size // processes
+    rows = slice(rank * part, (rank + 1) * part) if processes > 1 else slice(None)
 
     def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n, generator=gen, device=data.train_images.device)
         for step in range(steps):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast)
-            yield standardize(x, mean, std).contiguous(memory_format=memory_format), data.train_labels[idx]
+            x = augment(data.train_images[idx], gen, cfg.rotation, cfg.brightness, cfg.contrast, rows)
+            yield standardize(x, mean, std).contiguous(memory_format=memory_format), data.train_labels[idx[rows]]
 
     return steps, epoch
 

@@ -21,12 +21,31 @@ from torch import nn
 from src.config import Arch, ModelConfig, Norm, channel_plan
 
 
-def norm_layer(norm: str, channels: int, gn_groups: int) -> nn.Module:
+def norm_layer(norm: str, channels: int, gn_groups: int, bn_images: int = 0) -> nn.Module:
     if norm == Norm.bn:
-        return nn.BatchNorm2d(channels)
+        return PerDeviceBatchNorm2d(channels, bn_images) if bn_images else nn.BatchNorm2d(channels)
     if norm == Norm.gn:
         return nn.GroupNorm(gn_groups, channels)
     return nn.GroupNorm(1, channels)  # layer norm over (C, H, W)
+
+
+class PerDeviceBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics come from each group of `images` consecutive images of the batch alone:
+    what local BatchNorm computes on `batch / images` data-parallel devices, each holding one group. Its running
+    statistics follow the first group only, as under DDP (whose default `broadcast_buffers` hands every process
+    rank 0's buffers, which rank 0 updates from its own share). In evaluation mode, and on a batch of at most
+    `images` images, it is BatchNorm2d; its weights and buffers are BatchNorm2d's."""
+
+    def __init__(self, channels: int, images: int) -> None:
+        super().__init__(channels)
+        self.images = images
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or len(x) <= self.images:
+            return super().forward(x)
+        first, *rest = x.split(self.images)
+        others = [F.batch_norm(group, None, None, self.weight, self.bias, True, 0.0, self.eps) for group in rest]
+        return torch.cat([super().forward(first), *others])
 
 
 class StdConv2d(nn.Conv2d):
@@ -48,7 +67,7 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, k: int, cfg: ModelConfig, padding: int = 0, pool: bool = False) -> None:
         conv = StdConv2d if cfg.weight_std else nn.Conv2d
-        norm, relu = norm_layer(cfg.norm, cout, cfg.gn_groups), nn.ReLU(inplace=True)
+        norm, relu = norm_layer(cfg.norm, cout, cfg.gn_groups, cfg.bn_images), nn.ReLU(inplace=True)
         pooled = [nn.MaxPool2d(2)] if pool else []
         super().__init__(
             conv(cin, cout, k, padding=padding, bias=False),  # the norm's shift is the bias
@@ -67,11 +86,12 @@ WRITEUP_PLAN = [(1, 8, 2, 0, 0.0), (8, 16, 4, 0, 0.0), (8, 12, 3, 0, 0.0), (12, 
 class WriteupBlock(nn.Sequential):
     """The write-up's block: conv (no bias) -> ReLU -> norm -> element-wise dropout."""
 
-    def __init__(self, cin: int, cout: int, groups: int, padding: int, dropout: float, norm: str) -> None:
+    def __init__(self, cin: int, cout: int, groups: int, padding: int, dropout: float, norm: str,
+                 bn_images: int = 0) -> None:
         super().__init__(
             nn.Conv2d(cin, cout, 3, padding=padding, bias=False),
             nn.ReLU(inplace=True),
-            norm_layer(norm, cout, groups),
+            norm_layer(norm, cout, groups, bn_images),
             nn.Dropout(dropout) if dropout else nn.Identity(),
         )
 
@@ -83,7 +103,7 @@ class Net(nn.Module):
         super().__init__()
         self.cfg = cfg
         if cfg.arch == Arch.writeup:
-            blocks = [WriteupBlock(*spec, norm=cfg.norm) for spec in WRITEUP_PLAN]
+            blocks = [WriteupBlock(*spec, norm=cfg.norm, bn_images=cfg.bn_images) for spec in WRITEUP_PLAN]
             self.features = nn.Sequential(
                 *blocks[:2],  # (B, 16, 24, 24)
                 nn.Conv2d(16, 8, 1, bias=False),  # the transition

@@ -36,7 +36,7 @@ def test_every_setting_of_params_yaml_is_described_once_and_nothing_else_is():
     described = [key for key, _, text in config.describe()]
     assert len(described) == len(set(described)) and all(text for _, _, text in config.describe())
     shipped = set(_keys(yaml.safe_load((ROOT / "params.yaml").read_text())))
-    # gn_groups, l1 and l1_tensor_mean: each variant sets only those of its own norm
+    # gn_groups, l1, l1_tensor_mean, bn_images and sync_bn: each variant sets only those of its own norm
     assert shipped <= set(described) and set(described) - shipped == set()
 
 

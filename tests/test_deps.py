@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-PIPELINES = [ROOT / "dvc.yaml", ROOT / "studies" / "batch_size" / "dvc.yaml"]
+PIPELINES = [ROOT / "dvc.yaml", ROOT / "studies" / "per_device" / "dvc.yaml"]
 PACKAGES = ("src", "tools", "benchmarks")
 
 

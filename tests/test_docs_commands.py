@@ -34,7 +34,7 @@ from tests.conftest import ROOT
 PARAMS = "params.yaml"
 # The sections that `config.run` does not read, each validated into its class.
 SECTIONS = {"download": config.Download, "evaluate": config.Evaluate, "shift": config.Shift,
-            "batch_study": config.BatchStudy, "plot": config.Plot}
+            "per_device": config.PerDevice, "plot": config.Plot}
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 

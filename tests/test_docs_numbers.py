@@ -1,5 +1,5 @@
 """The result numbers in README.md and docs/ are the numbers of the committed files they cite: `metrics/`, the
-batch-size study's metrics, `dvc.lock`, and `results/seeds.csv` (the seed tables, their means, spreads and tests).
+per-device study's metrics, `dvc.lock`, and `results/seeds.csv` (the seed tables, their means, spreads and tests).
 """
 
 from __future__ import annotations
@@ -73,23 +73,30 @@ def test_the_model_md5s_in_results_are_dvc_lock():
 
 
 def study() -> dict:
-    return json.loads((ROOT / "studies" / "batch_size" / "metrics.json").read_text())
+    return json.loads((ROOT / "studies" / "per_device" / "metrics.json").read_text())
 
 
-def test_the_batch_size_study_in_the_readme_and_its_page_is_its_metrics():
+def study_cell(point: dict | None) -> str:
+    """A cell of docs/data_parallel.md's table: mean ± std over the seeds, the value of one seed, or —."""
+    if not point:
+        return "—"
+    return f"{point['mean']:.2f} ± {point['std']:.2f}" if point["seeds"] > 1 else f"{point['mean']:.2f}"
+
+
+def test_the_per_device_study_in_its_page_and_the_readme_is_its_metrics():
     errors = study()
-    page = (ROOT / "docs" / "batch_size.md").read_text()
-    rows = table_rows(page, "| test error (%), mean ± std of 2 seeds |")
-    sizes = sorted(int(b) for b in errors["BN + L1"])
+    page = (ROOT / "docs" / "data_parallel.md").read_text()
+    header = next(line for line in page.splitlines() if line.startswith("| test error (%) |"))
+    images = [cell.strip() for cell in header.strip("|").split("|")[1:]]
+    assert images == [str(b) for b in sorted({int(b) for by in errors.values() for b in by})]
+    rows = table_rows(page, "| test error (%) |")
+    assert [row[0] for row in rows] == list(errors)
     for label, *cells in rows:
-        assert cells == [f"{errors[label][str(b)]['mean']:.2f} ± {errors[label][str(b)]['std']:.2f}" for b in sizes]
-    at_2 = tuple(f"{errors[label]['2']['mean']:.1f}" for label in LABELS)
+        assert cells == [study_cell(errors[label].get(b)) for b in images], label
+    bn = errors["BN + L1"]
     for text in (README, page):
-        assert one(r"twice theirs \(([\d.]+)%\s+against ([\d.]+) and\s+([\d.]+)\)", text) == at_2
-    at_64 = tuple(f"{errors[label]['64']['mean']:.2f}" for label in LABELS)
-    assert one(r"at 64: ([\d.]+)% against ([\d.]+) and ([\d.]+)\)", page) == at_64
-    gn = errors["GN"]
-    assert one(r"GN ([\d.]+)% at 64, ([\d.]+)% at 2", page) == (f"{gn['64']['mean']:.1f}", f"{gn['2']['mean']:.1f}")
+        assert one(r"from ([\d.]+)% at 128 images per device to ([\d.]+)% at 2", text) == (
+            f"{bn['128']['mean']:.2f}", f"{bn['2']['mean']:.2f}")
 
 
 def seeds_csv(variant: str, recipe: str) -> dict[int, float]:

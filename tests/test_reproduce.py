@@ -19,7 +19,7 @@ from tests.test_pipeline import BIN, IN_CI, NO_REAL_DATA, REAL_DATA, REAL_MNIST_
 NO_REAL_MNIST_C = "set NORMCMP_REAL_MNIST_C to a folder of MNIST-C's test split (<corruption>/test_images.npy, ...)"
 
 VARIANTS = ("bn_l1", "gn", "ln")
-LOCKS = ("dvc.lock", "studies/batch_size/dvc.lock")  # the study's stages run with wdir at the repository root
+LOCKS = ("dvc.lock", "studies/per_device/dvc.lock")  # the study's stages run with wdir at the repository root
 
 
 def md5(path: Path) -> str:

@@ -22,12 +22,15 @@ def test_the_models_table_fits_120_columns_and_holds_the_metrics():
     assert f"every model gets wrong: {c['errors_shared_by_all']}, at least one model: {c['errors_in_any']}" in text
 
 
-def test_the_study_table_is_narrow_and_holds_its_metrics():
-    text = results.study(ROOT / "studies" / "batch_size" / "metrics.json")
-    assert max(map(len, text.splitlines())) <= 120
-    errors = json.loads((ROOT / "studies" / "batch_size" / "metrics.json").read_text())
-    row = next(line for line in text.splitlines() if line.startswith("2 "))
-    assert row.split()[1:4] == [f"{errors['BN + L1']['2']['mean']:.2f}", "±", f"{errors['BN + L1']['2']['std']:.2f}"]
+def test_the_study_table_is_narrow_and_holds_its_metrics(tmp_path):
+    errors = {"BN + L1": {"2": {"mean": 1.25, "std": 0.5, "seeds": 3}, "128": {"mean": 0.5, "std": 0.04, "seeds": 3}},
+              "GN, 2 DDP processes": {"64": {"mean": 0.456, "std": 0.0, "seeds": 1}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(errors))
+    lines = results.study(tmp_path / "metrics.json").splitlines()
+    assert max(map(len, lines)) <= 120 and lines[0] == "test error (%), mean ± std over 1/3 seeds"
+    assert lines[1].split() == ["images", "per", "device", "2", "64", "128"]
+    assert lines[2].split() == ["BN", "+", "L1", "1.25", "±", "0.50", "-", "0.50", "±", "0.04"]
+    assert lines[3].split() == ["GN,", "2", "DDP", "processes", "-", "0.46", "±", "0.00", "-"]
 
 
 def test_the_mnist_c_table_holds_every_set_and_each_mean_error(tmp_path):

@@ -2,7 +2,7 @@
 
     python -m tools.results            # the three models (metrics/<variant>.json, metrics/comparison.json, and
                                        # metrics/mnist_c.json: accuracy per MNIST-C set)
-    python -m tools.results --study    # the batch-size study: test error (%) per batch size, mean ± std of the seeds
+    python -m tools.results --study    # the per-device study: test error (%) per images per device, mean ± std
 
 `dvc metrics show` holds the same numbers with every key a column, wider than a terminal.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 METRICS = Path("metrics")
-STUDY = Path("studies/batch_size/metrics.json")
+STUDY = Path("studies/per_device/metrics.json")
 
 
 def _read(path: Path) -> dict:
@@ -64,21 +64,20 @@ def mnist_c(path: Path = METRICS / "mnist_c.json") -> str:
 
 
 def study(path: Path = STUDY) -> str:
-    """Test error (%) per batch size (rows) and model (columns)."""
+    """Test error (%) per series (rows) and images per device (columns)."""
     errors = _read(path)
-    labels = list(errors)
-    sizes = sorted({int(b) for label in labels for b in errors[label]})
-    rows = [["batch size", *labels]]
-    for b in sizes:
-        cells = [errors[label].get(str(b)) for label in labels]
-        rows.append([str(b), *(f"{c['mean']:.2f} ± {c['std']:.2f}" if c else "-" for c in cells)])
-    seeds = {c["seeds"] for label in labels for c in errors[label].values()}
+    images = sorted({int(b) for by_images in errors.values() for b in by_images})
+    rows = [["images per device", *map(str, images)]]
+    for label, by_images in errors.items():
+        cells = [by_images.get(str(b)) for b in images]
+        rows.append([label, *(f"{c['mean']:.2f} ± {c['std']:.2f}" if c else "-" for c in cells)])
+    seeds = {c["seeds"] for by_images in errors.values() for c in by_images.values()}
     return f"test error (%), mean ± std over {'/'.join(map(str, sorted(seeds)))} seeds\n{table(rows)}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", action="store_true", help="the batch-size study instead of the three models")
+    parser.add_argument("--study", action="store_true", help="the per-device study instead of the three models")
     args = parser.parse_args(argv)
     if args.study:
         print(study())

@@ -74,7 +74,7 @@ def runs(exp_show: list[dict], by: Sequence[str] = ()) -> list[dict]:
                      f"validation ({held} held out)" if held else "test",
                      *(f"{key}={group_value(params, key)}" for key in by))
             # metrics/<variant>.json of the evaluate stage, for the run's variants; not the comparison, the shift or
-            # MNIST-C scores, nor other pipelines' metrics (the batch-size study's), which DVC gathers too.
+            # MNIST-C scores, nor other pipelines' metrics (the per-device study's), which DVC gathers too.
             scores = ("metrics/comparison.json", "metrics/shift.json", "metrics/mnist_c.json")
             per_variant = {path.removeprefix("metrics/").removesuffix(".json"): f["data"] for path, f in files.items()
                            if "data" in f and path.startswith("metrics/") and path not in scores}
