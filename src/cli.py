@@ -10,10 +10,8 @@ import sys
 import typer
 
 from src import config
-from src.errors import ConfigError, UserError, debug_enabled
+from src.errors import INTERRUPTED, ConfigError, Reported, UserError, debug_enabled
 from src.files import stage_outputs
-
-INTERRUPTED = 130
 
 
 def app(help: str) -> typer.Typer:
@@ -61,6 +59,8 @@ def run(stage: typer.Typer, argv: list[str] | None = None) -> int:
         if debug_enabled():
             raise
         return _usage_error(e)
+    except Reported as e:
+        return e.code
     except (ConfigError, UserError) as e:
         if debug_enabled():
             raise

@@ -6,6 +6,9 @@ import os
 import sys
 
 
+INTERRUPTED = 130  # the exit code of a stage stopped by Ctrl-C or a kill
+
+
 class ConfigError(ValueError):
     """A setting has an impossible value (raised by the config dataclasses and checks)."""
 
@@ -23,6 +26,15 @@ class UserError(Exception):
         print(f"error: {self.message}", file=sys.stderr)
         if self.hint:
             print(f"hint: {self.hint}", file=sys.stderr)
+
+
+class Reported(Exception):
+    """An error that another process (a data-parallel rank) has already printed: exit with `code` (1, or
+    INTERRUPTED) without a second line."""
+
+    def __init__(self, code: int = 1) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def debug_enabled() -> bool:

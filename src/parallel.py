@@ -8,16 +8,20 @@ slice of each batch (src/loader.py) in a `DistributedDataParallel` model (`wrap`
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from src.errors import ConfigError, UserError
+from src.errors import INTERRUPTED, ConfigError, Reported, UserError
 
 
 def launched() -> bool:
@@ -28,17 +32,32 @@ def launched() -> bool:
 
 def launch(processes: int, args: list[str]) -> None:
     """Run `python <args>` as `processes` processes on this machine, as `torchrun --standalone` would; return when
-    all have finished. A failed process stops the others; that is one error here (each prints its own)."""
+    all have finished. Rank 0 prints to this terminal, the others into log files. A failed process stops the
+    others: rank 0 has then printed why, or the error names the failed rank's log folder."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    for name in list(logging.root.manager.loggerDict):  # the launcher's own reports: ours below
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    logs = Path(tempfile.mkdtemp(prefix="ddp-logs-"))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
+                          logs_specs=DefaultLogsSpecs(str(logs), {r: Std.ALL for r in range(1, processes)}))
     try:
         elastic_launch(config, sys.executable)(*args)
+    except SignalException:  # Ctrl-C or a kill: the launcher has stopped the processes, and rank 0 said so
+        shutil.rmtree(logs, ignore_errors=True)
+        raise Reported(INTERRUPTED) from None
     except ChildFailedError as e:
-        raise UserError(f"{len(e.failures)} of the {processes} training processes failed",
-                        hint="the first error above says why") from None
+        if 0 in e.failures:
+            shutil.rmtree(logs, ignore_errors=True)
+            raise Reported from None
+        rank = min(e.failures)
+        raise UserError(f"training process {rank} of {processes} failed (exit code {e.failures[rank].exitcode})",
+                        hint=f"its output is in {logs}") from None
+    shutil.rmtree(logs, ignore_errors=True)
 
 
 def run(processes: int, device: torch.device, module: str, args: list[str],

@@ -95,7 +95,7 @@ def test_the_per_device_study_in_its_page_and_the_readme_is_its_metrics():
         assert cells == [study_cell(errors[label].get(b)) for b in images], label
     bn = errors["BN + L1"]
     for text in (README, page):
-        assert one(r"from ([\d.]+)% at 128 images per device to ([\d.]+)% at 2", text) == (
+        assert one(r"from ([\d.]+)% at 128 images per device\s+to\s+([\d.]+)% at 2", text) == (
             f"{bn['128']['mean']:.2f}", f"{bn['2']['mean']:.2f}")
 
 

@@ -161,3 +161,24 @@ def test_exp_push_then_exp_pull_in_second_clone(project, sweep, tmp_path):
     assert "gn_groups: 2" in (b / "params.yaml").read_text()
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=b, env=env)
     assert {f: json.loads((b / f).read_text())["test_acc"] for f in METRICS} == accuracies(sweep["gn2"])
+
+
+def test_exp_run_as_two_data_parallel_processes_makes_models_that_load_and_score(project, sweep):
+    repo, env = project
+    log = sh("dvc", "exp", "run", "-S", "train.processes=2", "-S", "train.threads=1", "-n", "ddp2", cwd=repo, env=env)
+    try:
+        assert "2 processes x 32 images" in log and "Running stage 'evaluate'" in log
+        ddp = experiments(repo, env)["ddp2"]
+        assert params_of(ddp)["train"]["processes"] == 2
+        assert all(0 <= acc <= 100 for acc in accuracies(ddp).values())
+        from src.checkpoint import load_checkpoint
+
+        for variant in VARIANTS:
+            _, ckpt = load_checkpoint(repo / "models" / f"{variant}.pt")
+            assert ckpt["train"]["processes"] == 2
+        # GN computes the same however the batch is split: within one of the 128 test images of the baseline's.
+        base = accuracies(sweep["baseline"])
+        assert accuracies(ddp)["metrics/gn.json"] == pytest.approx(base["metrics/gn.json"], abs=0.8)
+    finally:
+        sh("git", "checkout", "--", ".", cwd=repo, env=env)
+        sh("dvc", "checkout", cwd=repo, env=env)

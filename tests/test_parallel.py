@@ -150,3 +150,13 @@ def test_a_torchrun_of_another_size_than_train_processes_is_refused(workdir, mon
 def test_one_process_is_outside_any_group():
     assert parallel.share() == (0, 1)
     assert parallel.total(torch.tensor(3.0)).item() == 3.0
+
+
+def test_a_failure_in_the_processes_is_one_error_line_and_leaves_nothing(workdir, capfd):
+    for key, value in {"train.processes": 2, "train.threads": 1, "train.lr": 1e12, "train.grad_clip": 0.0}.items():
+        set_param(key, value)
+    assert run("train", "bn_l1", "--no-progress") == 1
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: loss became nan at epoch 1, step 3; no model was saved"]  # rank 0's; the launcher adds nothing
+    assert "Traceback" not in err and not Path("models").exists() and not Path("dvclive/bn_l1").exists()
