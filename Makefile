@@ -89,7 +89,7 @@ yardstick: setup $(RUNNER_SETUP)
 	$(call run_experiments,$(WRITEUP_RECIPE) -S 'train.seed=$(SEEDS)')
 	$(BIN)/python -m tools.seed_table --save results/seeds.csv --rev $(BASELINE)
 
-# The per-device study (studies/per_device/dvc.yaml; about 100 minutes on 2 CPU cores), then its figure's numbers.
+# The per-device study (studies/per_device/dvc.yaml; about 80 minutes on 2 CPU cores), then its figure's numbers.
 study: setup
 	$(BIN)/dvc repro studies/per_device/dvc.yaml
 	$(BIN)/python -m tools.results --study

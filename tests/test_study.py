@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from src import config
 from src.errors import UserError
 from src.study_plot import one_device, read_result, summarize
 from src.study_train import study_run
@@ -16,7 +17,6 @@ from tests.conftest import ROOT, tiny_params, write_mnist
 from tests.test_pipeline import make_repo, sh
 from tests.test_plots_page import IN_CI, MODELS, TAB10_4, encodings, specs
 from tools.plots_page import missing_tools, render, show_page
-from src import config
 
 STUDY = "studies/per_device/dvc.yaml"
 TITLE = "Test error against images per device (per-device study)"
