@@ -58,12 +58,6 @@ def test_a_group_as_large_as_the_batch_is_plain_batchnorm():
     assert torch.equal(bn(x), plain(x)) and torch.equal(bn.running_var, plain.running_var)
 
 
-def gradients(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = x.clone().requires_grad_()
-    (module(x) * torch.arange(x.numel()).view_as(x).sin()).sum().backward()
-    return x.grad
-
-
 def test_the_gradient_flows_through_each_group_as_through_its_own_batchnorm():
     torch.manual_seed(1)
     x = torch.randn(6, 2, 4, 4)
