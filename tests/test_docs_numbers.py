@@ -97,6 +97,15 @@ def test_the_per_device_study_in_its_page_and_the_readme_is_its_metrics():
     for text in (README, page):
         assert one(r"from ([\d.]+)% at 128 images per device\s+to\s+([\d.]+)% at 2", text) == (
             f"{bn['128']['mean']:.2f}", f"{bn['2']['mean']:.2f}")
+    # "from b images up" BN + L1's mean is inside GN's mean ± std: the smallest b from which every larger one is.
+    gn = errors["GN"]["128"]
+    inside = lambda b: abs(bn[b]["mean"] - gn["mean"]) <= gn["std"]  # noqa: E731
+    sizes = sorted(bn, key=int)
+    from_images = next(b for i, b in enumerate(sizes) if all(inside(c) for c in sizes[i:]))
+    assert one(r"from (\d+) images up stays within the spread of GN's ([\d.]+)%", README) == (
+        from_images, f"{gn['mean']:.2f}")
+    assert one(r"from (\d+) images up its mean stays inside GN's seed spread\s+\(([\d.]+) ± ([\d.]+)%", page) == (
+        from_images, f"{gn['mean']:.2f}", f"{gn['std']:.2f}")
 
 
 def seeds_csv(variant: str, recipe: str) -> dict[int, float]:
