@@ -41,3 +41,41 @@ def test_the_mnist_c_table_holds_every_set_and_each_mean_error(tmp_path):
     assert lines[1].split() == ["MNIST-C", "set", "bn_l1", "gn"]
     assert lines[2].split() == ["identity", "99.50", "99.25"] and lines[3].split() == ["fog", "80.25", "90.00"]
     assert lines[4].split() == ["mean", "corruption", "error", "12.50", "7.00"]
+
+
+def _metrics(folder, split: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for variant, label, acc in (("bn", "BN", 99.5), ("gn", "GN", 99.25)):
+        (folder / f"{variant}.json").write_text(json.dumps({
+            "label": label, "split": split, "test_acc": acc, "test_loss": 0.02, "train_acc": 99.75,
+            "gap": 99.75 - acc, "peak_test_acc": acc, "peak_epoch": 20, "errors": 50, "params": 9914}))
+    (folder / "comparison.json").write_text(json.dumps({
+        "best_test_acc": "BN", "least_overfit": "BN", "most_overfit": "GN", "errors_shared_by_all": 12,
+        "errors_in_any": 80}))
+
+
+def test_a_validation_run_names_its_split_in_the_header(tmp_path):
+    _metrics(tmp_path, "validation")
+    lines = results.models(["bn", "gn"], tmp_path).splitlines()
+    assert lines[0].split()[:5] == ["model", "validation", "acc", "%", "validation"]
+    assert lines[1].split() == ["BN", "99.50", "0.0200", "99.75", "+0.25", "99.50", "(20)", "50", "9,914"]
+    assert lines[-2] == "best validation accuracy: BN; least overfit: BN; most overfit: GN"
+    assert "test" not in results.models(["bn", "gn"], tmp_path)
+
+
+def test_the_command_prints_the_models_then_mnist_c_or_the_study(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("variants:\n  gn: {norm: gn}\n  bn: {norm: bn}\n")
+    _metrics(tmp_path / "metrics", "test")
+    results.main([])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:3]] == ["GN", "BN"]  # params.yaml's order
+    (tmp_path / "metrics" / "mnist_c.json").write_text(json.dumps({"gn": {"mean_corruption_error": 7.0,
+                                                                         "identity": 99.25}}))
+    results.main([])
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["mean", "corruption", "error", "7.00"]
+    (tmp_path / "studies" / "per_device").mkdir(parents=True)
+    (tmp_path / "studies" / "per_device" / "metrics.json").write_text(json.dumps({"GN": {"8": {
+        "mean": 0.5, "std": 0.25, "seeds": 3}}}))
+    results.main(["--study"])
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["GN", "0.50", "±", "0.25"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from tools.seed_table import runs, table
+
+REAL_RUN = subprocess.run
 
 
 def _run(rev: str, name: str | None, seed: int, dataset: str, acc: dict[str, float], **train) -> dict:
@@ -148,3 +152,148 @@ def test_the_seed_file_round_trips_merges_and_gives_the_test_computed_by_hand(tm
     assert line == (f"| bn | ours | 1,2,3 | 99.50 99.56 99.54 | 99.53 ± 0.03 | "
                     f"+0.12, p = {student.sf(welch, df):.3f}: yes |")
     assert "|  | writeup | 1,2,3 | 99.40 99.42 99.41 | 99.41 ± 0.01 |  |" in report
+
+
+def test_versus_gives_welchs_p_computed_by_hand_and_notes_a_variant_short_of_runs():
+    from scipy.stats import t as student
+
+    from tools.seed_table import versus
+
+    ours, theirs = ("mnist", "test", "model.arch=default"), ("mnist", "test", "model.arch=writeup")
+    # GN: unequal sizes and spreads, where Welch's test and Student's differ; LN: two runs on each side, the least
+    # that is tested; BN (sorted first): one run of ours, so no test, and the variants after it still get theirs.
+    accs = {ours: {"bn": [99.5], "gn": [99.50, 99.60, 99.55], "ln": [99.4, 99.5]},
+            theirs: {"bn": [99.4, 99.3], "gn": [99.30, 99.62, 99.41, 99.20], "ln": [99.3, 99.35]}}
+    found = [{"group": g, "metrics": {v: {"label": v.upper(), "test_acc": a[i]} for v, a in by.items() if i < len(a)}}
+             for g, by in accs.items() for i in range(4)]
+    lines = versus(found, ours, theirs).splitlines()
+    assert lines[0] == "mnist, test, model.arch=default against model.arch=writeup: test_acc, one-sided Welch t-test"
+    assert lines[3] == "|---|---|---|---|---|---|"
+    assert {line.count("|") for line in lines[2:]} == {7}  # every row as many cells as the header
+    assert lines[4] == "| bn | 1 runs | 2 runs | | | needs 2 runs or more on each side |"
+
+    def welch(a, b):
+        va, vb = (sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1) / len(v) for v in (a, b))
+        t = (sum(a) / len(a) - sum(b) / len(b)) / (va + vb) ** 0.5
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        return student.sf(t, df)
+
+    for v in ("gn", "ln"):
+        row = next(line for line in lines if line.startswith(f"| {v.upper()} |")).split("|")
+        p = welch(accs[ours][v], accs[theirs][v])
+        assert row[5].strip() == f"{p:.3f}", v
+        assert row[6].strip() == ("yes" if p < 0.05 else "no"), v
+    assert lines[5].split("|")[5].strip() == "0.080"  # GN; Student's t-test (equal variances) would give 0.093
+
+
+def test_a_single_run_has_no_spread_and_every_table_row_has_the_headers_cells():
+    found = runs([_run("a" * 40, "main", 1, "mnist", {"bn": 99.5, "gn": 99.25})])
+    assert found[0]["shipped"] == {"train": {"seed": 1}, "download": {"dataset": "mnist"}}
+    lines = table(found).splitlines()
+    assert lines[2].count("|") == lines[3].count("|") == lines[4].count("|")
+    assert lines[5].startswith("| GN | 99.25 ± 0.00 |")
+
+
+def test_the_writeup_recipe_is_read_from_the_makefile(tmp_path):
+    import pytest
+
+    from tools.seed_table import writeup_arguments, writeup_overrides
+
+    makefile = tmp_path / "Makefile"
+    makefile.write_text("VENV ?= .venv\nWRITEUP_RECIPE := -S model.arch=writeup -S train.lr=0.015 \\\n"
+                        "\t-S train.nesterov=false -S 'train.loader=torchvision'\nSEEDS ?= 2,3\n")
+    assert writeup_arguments(makefile) == ["-S", "model.arch=writeup", "-S", "train.lr=0.015", "-S",
+                                           "train.nesterov=false", "-S", "train.loader=torchvision"]
+    assert writeup_overrides(makefile) == {"model.arch": "writeup", "train.lr": 0.015, "train.nesterov": False,
+                                           "train.loader": "torchvision"}
+    makefile.write_text("SEEDS ?= 2,3\n")
+    with pytest.raises(SystemExit, match="has no WRITEUP_RECIPE line"):
+        writeup_arguments(makefile)
+
+
+def test_the_seed_file_is_checked_ordered_and_skips_other_runs(tmp_path):
+    import pytest
+
+    from tools.seed_table import read_seeds, save_seeds, seed_rows
+
+    path = tmp_path / "seeds.csv"
+    path.write_text("recipe,variant,seed\nours,bn,1\n")
+    with pytest.raises(SystemExit, match="has the columns recipe, variant, seed; expected recipe, variant"):
+        read_seeds(path)
+    path.unlink()
+    run = lambda seed, variant, **changes: {  # noqa: E731
+        "seed": seed, "commit": "c" * 40, "shipped": SHIPPED, "params": _params(seed, **changes),
+        "metrics": {variant: {"test_acc": 99.0 + seed / 10, "train_acc": 99.9}}}
+    other = run(7, "bn", train__validation=100)  # a tuning run, listed first: the runs after it still count
+    rows = save_seeds(seed_rows([other, run(2, "bn"), run(1, "gn"), run(1, "bn")], WRITEUP), path)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("bn", 1), ("bn", 2), ("gn", 1)]
+    path.write_text("recipe,variant,seed,test_acc,train_acc,precision,commit\nours,bn,1,99.5,99.9,exact,c\n")
+    assert read_seeds(path) == [{"recipe": "ours", "variant": "bn", "seed": 1, "test_acc": 99.5, "train_acc": 99.9,
+                                 "precision": "exact", "commit": "c"}]
+
+
+def test_the_seed_report_tests_only_two_seeds_or_more_on_each_side():
+    from tools.seed_table import seed_report
+
+    rows = [{"recipe": r, "variant": v, "seed": s, "test_acc": a, "train_acc": 99.9, "precision": "exact"}
+            for r, v, s, a in (("ours", "bn", 1, 99.5), ("ours", "bn", 2, 99.6), ("writeup", "bn", 1, 99.4),
+                               ("ours", "gn", 1, 99.5), ("ours", "gn", 2, 99.3),
+                               ("writeup", "gn", 1, 99.4), ("writeup", "gn", 2, 99.6))]
+    lines = seed_report(rows).splitlines()
+    assert "| bn | ours | 1,2 | 99.50 99.60 | 99.55 ± 0.07 |  |" in lines  # one writeup seed: no test
+    assert "|  | writeup | 1 | 99.40 | 99.40 |  |" in lines  # one seed: no spread
+    # Welch's t = -0.1 / sqrt(0.02 / 2 + 0.02 / 2) = -1/sqrt(2) on 2 degrees of freedom, whose upper tail is
+    # 1/2 + (1/sqrt(2)) / (2 sqrt(2 + 1/2)) = 0.724.
+    assert "| gn | ours | 1,2 | 99.50 99.30 | 99.40 ± 0.14 | -0.10, p = 0.724: no |" in lines
+
+
+def _main(monkeypatch, capsys, argv: list[str], exp_show: list[dict] | None = None) -> str:
+    """tools.seed_table's command line, `dvc exp show --json` answering `exp_show` (through a real process)."""
+    import json
+    import sys
+
+    from tools import seed_table
+
+    def dvc(cmd, **kwargs):
+        assert cmd[1:6] == ["-m", "dvc", "exp", "show", "--json"]
+        return REAL_RUN([sys.executable, "-c", f"print({json.dumps(json.dumps(exp_show))})"], **kwargs)
+
+    monkeypatch.setattr(seed_table.subprocess, "run", dvc)
+    monkeypatch.setattr(sys, "argv", ["seed_table", *argv])
+    seed_table.main()
+    return capsys.readouterr().out
+
+
+def test_the_command_prints_a_table_per_group_and_the_test_against_the_named_one(monkeypatch, capsys, tmp_path):
+    import pytest
+
+    exp_show = [{**_run("a" * 40, "main", 1, "mnist", {"gn": 99.5}), "experiments": [
+        {"revs": [_run(c * 40, n, s, "mnist", {"gn": a}, **({"arch": "writeup"} if "w" in n else {}))]}
+        for c, n, s, a in (("b", "d2", 2, 99.6), ("c", "w1", 1, 99.3), ("d", "w2", 2, 99.2))]}]
+    for e in exp_show[0]["experiments"]:  # model.arch lives in its own section
+        train = e["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]
+        if train.pop("arch", None):
+            e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"] = {"arch": "writeup"}
+    out = _main(monkeypatch, capsys, [], exp_show)
+    assert out.count("| GN |") == 1 and "runs: main (seed 1), d2 (seed 2), w1 (seed 1), w2 (seed 2)" in out
+    out = _main(monkeypatch, capsys, ["--by", "model.arch", "--better-than", "model.arch=writeup"], exp_show)
+    parts = out.split("\n\n")  # title, table; title, table; the test's title, its table
+    assert parts[0] == "mnist, test, model.arch=default; runs: main (seed 1), d2 (seed 2)"
+    assert parts[2] == "mnist, test, model.arch=writeup; runs: w1 (seed 1), w2 (seed 2)"
+    assert "| GN | 99.55 ± 0.07 |" in parts[1] and "| GN | 99.25 ± 0.07 |" in parts[3]
+    assert parts[4].strip() == ("mnist, test, model.arch=default against model.arch=writeup: test_acc, "
+                                "one-sided Welch t-test")
+    assert "| GN | 99.550 ± 0.071 (n=2) | 99.250 ± 0.071 (n=2) | +0.300 |" in parts[5]
+    with pytest.raises(SystemExit, match="no run has model.arch=other"):
+        _main(monkeypatch, capsys, ["--by", "model.arch", "--better-than", "model.arch=other"], exp_show)
+    with pytest.raises(SystemExit):
+        _main(monkeypatch, capsys, ["--better-than", "model.arch=writeup"], exp_show)
+    assert "--better-than model.arch=writeup needs --by model.arch" in capsys.readouterr().err
+
+    saved = tmp_path / "seeds.csv"
+    committed = _run("a" * 40, "main", 1, "mnist", {"gn": 99.5}, precision="exact")
+    out = _main(monkeypatch, capsys, ["--save", str(saved)], [committed])
+    assert saved.read_text().splitlines()[1] == f"ours,gn,1,99.5,99.9,exact,{'a' * 40}"
+    assert _main(monkeypatch, capsys, ["--from", str(saved)]) == out
+    with pytest.raises(SystemExit, match="not found or empty"):
+        _main(monkeypatch, capsys, ["--from", str(tmp_path / "none.csv")])
