@@ -36,6 +36,8 @@ def _bad(tmp_path, name, content: bytes):
         (gzip.compress(IMAGE_MAGIC.to_bytes(4, "big") + (2**24 + 1).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
                        + bytes(10)), r"header says 16777217 items of shape \(28, 28\) \(13153338128 bytes\) but the "
                                      "file holds 10 bytes"),
+        (gzip.compress(IMAGE_MAGIC.to_bytes(4, "big") + (1).to_bytes(4, "big") + (2**24 + 1).to_bytes(4, "big")
+                       + (28).to_bytes(4, "big")), r"header says 1 items of shape \(16777217, 28\)"),
     ],
 )
 def test_corrupt_files_are_named_with_the_problem(tmp_path, content, message):

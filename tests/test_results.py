@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import ROOT
 from tools import results
 
@@ -79,3 +81,7 @@ def test_the_command_prints_the_models_then_mnist_c_or_the_study(tmp_path, monke
         "mean": 0.5, "std": 0.25, "seeds": 3}}}))
     results.main(["--study"])
     assert capsys.readouterr().out.splitlines()[-1].split() == ["GN", "0.50", "±", "0.25"]
+    with pytest.raises(SystemExit):
+        results.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # as argparse wraps it
+    assert "The metrics of the last `dvc repro` as tables that fit 120 columns" in help_text

@@ -238,8 +238,12 @@ def test_the_seed_report_tests_only_two_seeds_or_more_on_each_side():
     rows = [{"recipe": r, "variant": v, "seed": s, "test_acc": a, "train_acc": 99.9, "precision": "exact"}
             for r, v, s, a in (("ours", "bn", 1, 99.5), ("ours", "bn", 2, 99.6), ("writeup", "bn", 1, 99.4),
                                ("ours", "gn", 1, 99.5), ("ours", "gn", 2, 99.3),
-                               ("writeup", "gn", 1, 99.4), ("writeup", "gn", 2, 99.6))]
+                               ("writeup", "gn", 1, 99.4), ("writeup", "gn", 2, 99.6),
+                               ("ours", "ln", 1, 99.5), ("writeup", "ln", 1, 99.4), ("writeup", "ln", 2, 99.3))]
     lines = seed_report(rows).splitlines()
+    assert lines[0] == "final-epoch test accuracy (%), train.precision=exact, from results/seeds.csv"
+    assert lines[3] == "|---|---|---|---|---|---|" and {line.count("|") for line in lines[2:]} == {7}
+    assert "| ln | ours | 1 | 99.50 | 99.50 |  |" in lines  # one seed of ours: no test either
     assert "| bn | ours | 1,2 | 99.50 99.60 | 99.55 ± 0.07 |  |" in lines  # one writeup seed: no test
     assert "|  | writeup | 1 | 99.40 | 99.40 |  |" in lines  # one seed: no spread
     # Welch's t = -0.1 / sqrt(0.02 / 2 + 0.02 / 2) = -1/sqrt(2) on 2 degrees of freedom, whose upper tail is
@@ -297,3 +301,7 @@ def test_the_command_prints_a_table_per_group_and_the_test_against_the_named_one
     assert _main(monkeypatch, capsys, ["--from", str(saved)]) == out
     with pytest.raises(SystemExit, match="not found or empty"):
         _main(monkeypatch, capsys, ["--from", str(tmp_path / "none.csv")])
+    with pytest.raises(SystemExit):
+        _main(monkeypatch, capsys, ["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # as argparse wraps it
+    assert "Mean and std of each variant's metrics over DVC experiments (e.g. one per seed)." in help_text
