@@ -94,3 +94,25 @@ def test_has_batchnorm():
     assert not has_batchnorm(_net("gn")) and not has_batchnorm(_net("ln"))
     model = _net("gn")
     assert with_test_statistics(model, _images(8), MEAN, STD) is not model  # a copy all the same
+
+
+def test_series_scores_each_model_then_each_batchnorm_model_again_with_test_statistics():
+    from src.adapt import series
+
+    bn, gn = _net("bn"), _net("gn")
+    found = series({"BN + L1": bn, "GN": gn})
+    assert list(found) == ["BN + L1", "GN", "BN + L1 (test statistics)"]
+    assert [(model is bn, test) for model, test in found.values()] == [(True, False), (False, False), (True, True)]
+
+
+def test_accuracy_is_the_percentage_right_with_the_models_own_or_the_test_statistics():
+    from src.adapt import accuracy
+
+    model, images = _net("bn"), _images(64)
+    with_own = predict(model, images, MEAN, STD).argmax(1)
+    with_test = predict(with_test_statistics(model, images, MEAN, STD), images, MEAN, STD).argmax(1)
+    assert not torch.equal(with_own, with_test)  # the random running statistics are not the images'
+    labels = with_test.clone()  # every image right with test statistics, some wrong without
+    own = (with_own == labels).float().mean().item() * 100
+    assert accuracy(model, images, labels, MEAN, STD) == pytest.approx(own) and own < 100
+    assert accuracy(model, images, labels, MEAN, STD, test_statistics=True) == 100.0
