@@ -86,3 +86,47 @@ def test_training_on_it_scores_with_its_constants_and_takes_every_step(dataset_f
     assert (scored["test_loss"], scored["test_acc"]) == by_hand
     assert score_model(models[0], data)["test_loss"] != by_hand[0]  # the data's own statistics give another loss
     assert input_stats("tensors", data) == (data.mean, data.std) != input_stats("torchvision", data)
+
+
+# --- the tensor path (the shipped `train.loader: tensors`) ------------------------------------------------------------
+
+def test_the_tensor_path_serves_full_batches_in_its_generators_order_standardized_by_the_datas_own_stats(
+        dataset_file):
+    from src.loader import batches
+
+    data = load_data(dataset_file)  # 512 training images
+    cfg = train_cfg(batch_size=200, seed=5, rotation=0, brightness=0, contrast=0)
+    steps, epochs = batches(data, cfg, CPU, torch.contiguous_format)
+    served = list(epochs())
+    assert steps == 2 and [len(y) for _, y in served] == [200, 200]  # the last partial batch (112) is dropped
+    order = torch.randperm(512, generator=torch.Generator().manual_seed(5))  # a generator of its own, seeded
+    for step, (x, y) in enumerate(served):
+        idx = order[step * 200 : (step + 1) * 200]
+        by_hand = (data.train_images[idx].float() / 255 - data.mean) / data.std
+        assert torch.allclose(x, by_hand, atol=1e-6) and torch.equal(y, data.train_labels[idx])
+    assert input_stats("tensors", data) == (data.mean, data.std)
+
+
+def test_each_process_gets_its_slice_of_every_batch_one_process_draws(dataset_file):
+    from src.loader import batches
+
+    data = load_data(dataset_file)
+    cfg = train_cfg(batch_size=200, seed=2, rotation=10, brightness=0.3, contrast=0.3)
+    whole = list(batches(data, cfg, CPU, torch.contiguous_format)[1]())
+    for rank, rows in ((0, slice(0, 100)), (1, slice(100, 200))):
+        steps, epochs = batches(data, cfg, CPU, torch.contiguous_format, share=(rank, 2))
+        assert steps == 2
+        for (x, y), (wx, wy) in zip(epochs(), whole, strict=True):
+            assert len(y) == 100 and torch.equal(y, wy[rows])
+            assert torch.allclose(x, wx[rows], atol=1e-6)
+
+
+def test_the_writeups_path_runs_in_one_process_only(dataset_file):
+    import pytest
+
+    from src.errors import ConfigError
+    from src.loader import batches
+
+    data = load_data(dataset_file)
+    with pytest.raises(ConfigError, match="train.processes > 1 needs train.loader = tensors"):
+        batches(data, train_cfg(loader="torchvision"), CPU, torch.contiguous_format, share=(0, 2))
