@@ -96,6 +96,16 @@ def test_better_than_tests_each_variant_one_sided():
     assert 0.5 < p_gn < 1  # lower mean: a one-sided p above one half
 
 
+def welch_p(a: list[float], b: list[float]) -> float:
+    """The one-sided Welch t-test's p-value that `a`'s mean is the higher, by hand: each mean's variance, Welch's t
+    and the Welch-Satterthwaite degrees of freedom, then Student's t upper tail."""
+    from scipy.stats import t as student
+
+    va, vb = (sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1) / len(v) for v in (a, b))
+    t = (sum(a) / len(a) - sum(b) / len(b)) / (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return student.sf(t, df)
+
 WRITEUP = {"model.arch": "writeup", "train.batch_size": 64, "train.loader": "torchvision"}
 SHIPPED = {"model": {"arch": "default"}, "train": {"seed": 1, "batch_size": 128, "loader": "tensors",
                                                    "precision": "exact", "validation": 0}}
@@ -122,8 +132,6 @@ def test_a_run_is_ours_or_the_writeups_only_with_exactly_their_settings():
 
 
 def test_the_seed_file_round_trips_merges_and_gives_the_test_computed_by_hand(tmp_path):
-    from scipy.stats import t as student
-
     from tools.seed_table import read_seeds, save_seeds, seed_report, seed_rows
 
     ours, theirs = [99.50, 99.52, 99.54], [99.40, 99.42, 99.41]
@@ -144,19 +152,14 @@ def test_the_seed_file_round_trips_merges_and_gives_the_test_computed_by_hand(tm
     assert [r["commit"] for r in rows if r["recipe"] == "ours"] == ["c" * 40] * 3
 
     ours[1] = 99.56
-    va, vb = (sum((x - sum(v) / 3) ** 2 for x in v) / 2 / 3 for v in (ours, theirs))  # variance of each mean
-    welch = (sum(ours) / 3 - sum(theirs) / 3) / (va + vb) ** 0.5
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
     report = seed_report(rows)
     line = next(x for x in report.splitlines() if x.startswith("| bn | ours |"))
     assert line == (f"| bn | ours | 1,2,3 | 99.50 99.56 99.54 | 99.53 ± 0.03 | "
-                    f"+0.12, p = {student.sf(welch, df):.3f}: yes |")
+                    f"+0.12, p = {welch_p(ours, theirs):.3f}: yes |")
     assert "|  | writeup | 1,2,3 | 99.40 99.42 99.41 | 99.41 ± 0.01 |  |" in report
 
 
 def test_versus_gives_welchs_p_computed_by_hand_and_notes_a_variant_short_of_runs():
-    from scipy.stats import t as student
-
     from tools.seed_table import versus
 
     ours, theirs = ("mnist", "test", "model.arch=default"), ("mnist", "test", "model.arch=writeup")
@@ -172,15 +175,9 @@ def test_versus_gives_welchs_p_computed_by_hand_and_notes_a_variant_short_of_run
     assert {line.count("|") for line in lines[2:]} == {7}  # every row as many cells as the header
     assert lines[4] == "| bn | 1 runs | 2 runs | | | needs 2 runs or more on each side |"
 
-    def welch(a, b):
-        va, vb = (sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1) / len(v) for v in (a, b))
-        t = (sum(a) / len(a) - sum(b) / len(b)) / (va + vb) ** 0.5
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-        return student.sf(t, df)
-
     for v in ("gn", "ln"):
         row = next(line for line in lines if line.startswith(f"| {v.upper()} |")).split("|")
-        p = welch(accs[ours][v], accs[theirs][v])
+        p = welch_p(accs[ours][v], accs[theirs][v])
         assert row[5].strip() == f"{p:.3f}", v
         assert row[6].strip() == ("yes" if p < 0.05 else "no"), v
     assert lines[5].split("|")[5].strip() == "0.080"  # GN; Student's t-test (equal variances) would give 0.093
